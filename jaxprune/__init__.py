@@ -1,0 +1,1 @@
+"""jaxprune: functional pruning for JAX parameter pytrees."""
