@@ -1,0 +1,67 @@
+"""Private pytree helpers shared by the quant modules.
+
+``_path_str`` is a stand-in for the core's path function (the lead will swap it in): it joins keys
+with '/' and drops the trailing ``.value`` attribute that ``nnx.State`` adds, so an nnx leaf and a
+linen leaf read the same ('params/Dense_0/kernel').
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprune.errors import PruningError
+
+Include = Callable[[str, Any], bool]
+
+
+def _key_str(key: Any) -> str:
+    # Each key type keeps its name in a different attribute.
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _path_str(path: Sequence[Any]) -> str:
+    keys = list(path)
+    if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name == "value":
+        keys = keys[:-1]
+    return "/".join(_key_str(k) for k in keys)
+
+
+def _is_float(leaf: Any) -> bool:
+    return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)
+
+
+def _default_include(path: str, leaf: Any) -> bool:
+    """Default leaf selection: floating arrays with ``ndim >= 2`` (kernels, not biases or norm scales)."""
+    del path
+    return _is_float(leaf) and np.ndim(leaf) >= 2
+
+
+def _is_tracer(leaf: Any) -> bool:
+    return isinstance(leaf, jax.core.Tracer)
+
+
+def _check_finite(path: str, leaf: Any) -> None:
+    """Raise on NaN/inf in a concrete leaf; traced leaves (inside jit) cannot be checked and pass."""
+    if _is_tracer(leaf):
+        return
+    arr = np.asarray(leaf)
+    if not np.isfinite(arr).all():
+        bad = int(arr.size - np.isfinite(arr).sum())
+        raise PruningError(f"{path}: {bad} non-finite value(s) (NaN/inf); cannot quantize this leaf")
+
+
+def _map_with_paths(fn: Callable[[str, Any], Any], tree: Any, is_leaf=None) -> Any:
+    """``tree_map_with_path`` with the path already formatted as a string."""
+    return jax.tree_util.tree_map_with_path(lambda p, x: fn(_path_str(p), x), tree, is_leaf=is_leaf)
+
+
+def _leaves_with_paths(tree: Any, is_leaf=None) -> list[tuple[str, Any]]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
+    return [(_path_str(p), x) for p, x in flat]

@@ -1,0 +1,164 @@
+"""Tests for jaxprune.models: shapes, parameter counts, leaf paths, registry, NNX twins and training.
+
+Shapes and counts use ``jax.eval_shape`` (no compilation) so the file stays fast on 2 CPU cores.
+"""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+from flax import nnx
+
+from jaxprune.errors import PruningError
+from jaxprune.models import (
+    ACTIVATIONS,
+    MLP,
+    MODELS,
+    LeNet5,
+    NnxLeNet5,
+    NnxMLP,
+    NnxSmallCNN,
+    ResNet20,
+    SmallCNN,
+    get_model,
+    get_nnx_model,
+    init_params,
+    to_nnx,
+)
+
+
+def abstract_init(model, shape, **kw):
+    return jax.eval_shape(lambda k: model.init(k, jnp.zeros(shape), **kw), jax.random.PRNGKey(0))
+
+
+def count(tree):
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+def shapes_by_path(tree):
+    """{'Dense_0/kernel': shape}; NNX Variable accessors ('/value') are dropped."""
+    return {jax.tree_util.keystr(p, simple=True, separator="/").removesuffix("/value"): x.shape
+            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def paths(tree):
+    return sorted(jax.tree_util.keystr(p, simple=True, separator="/")
+                  for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0])
+
+
+@pytest.mark.parametrize("name, n_params", [("tutorial_mlp", 101_770), ("lenet300", 266_610)])
+def test_mlp_presets_param_counts(name, n_params):
+    v = abstract_init(get_model(name, 10), (1, 28, 28, 1))
+    assert count(v["params"]) == n_params
+
+
+def test_mlp_default_leaf_paths_and_real_init(key):
+    v = init_params(get_model("tutorial_mlp", 10), key, (1, 28, 28, 1))
+    assert paths(v) == ["params/Dense_0/bias", "params/Dense_0/kernel",
+                        "params/Dense_1/bias", "params/Dense_1/kernel"]
+    assert v["params"]["Dense_0"]["kernel"].shape == (784, 128)
+    out = jax.jit(MLP((128, 10)).apply)(v, jnp.ones((3, 28, 28, 1)))
+    assert out.shape == (3, 10) and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_lenet5_classic_and_small_inputs():
+    v = abstract_init(LeNet5(10), (1, 28, 28, 1))
+    assert count(v["params"]) == 61_706  # classic LeNet-5 (400 -> 120 -> 84 -> 10)
+    assert v["params"]["Dense_0"]["kernel"].shape == (400, 120)
+    v8 = abstract_init(LeNet5(10), (1, 8, 8, 1))
+    assert v8["params"]["Conv_1"]["kernel"].shape == (5, 5, 6, 16)
+    out = jax.eval_shape(LeNet5(10).apply, v8, jnp.zeros((4, 8, 8, 1)))
+    assert out.shape == (4, 10)
+
+
+def test_small_cnn_shapes():
+    v = abstract_init(SmallCNN(10), (1, 28, 28, 1))
+    assert paths(v["params"])[:2] == ["Conv_0/bias", "Conv_0/kernel"]
+    assert v["params"]["Dense_0"]["kernel"].shape == (7 * 7 * 64, 128)
+    assert jax.eval_shape(SmallCNN(10).apply, v, jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
+
+
+@pytest.mark.parametrize("shortcut, n_params", [("A", 269_722), ("B", 272_474)])
+def test_resnet20_counts_and_batchnorm(shortcut, n_params):
+    m = ResNet20(10, shortcut=shortcut)
+    v = abstract_init(m, (1, 32, 32, 3), train=False)
+    assert sorted(v) == ["batch_stats", "params"]
+    assert count(v["params"]) == n_params
+    assert len([k for k in v["params"] if k.startswith("BasicBlock_")]) == 9
+    out, upd = jax.eval_shape(lambda v, x: m.apply(v, x, train=True, mutable=["batch_stats"]),
+                              v, jnp.zeros((2, 32, 32, 3)))
+    assert out.shape == (2, 10)
+    chex.assert_trees_all_equal_structs(upd["batch_stats"], v["batch_stats"])
+
+
+def test_init_params_drops_activation_collection(key):
+    v = init_params(MLP((4, 2)), key, (1, 3))
+    assert ACTIVATIONS not in v and sorted(v) == ["params"]
+    _, state = MLP((4, 2)).apply(v, jnp.ones((5, 3)), mutable=[ACTIVATIONS])
+    assert state[ACTIVATIONS]["Dense_0"]["activation"][0].shape == (5, 4)
+
+
+def test_registry_names_and_errors():
+    assert set(MODELS) == {"tutorial_mlp", "lenet300", "mlp", "lenet5", "small_cnn", "resnet20"}
+    for name in MODELS:
+        assert isinstance(get_model(name, 10), nn.Module)
+    assert get_model("mlp", 3, hidden=(5, 6)).features == (5, 6, 3)
+    with pytest.raises(PruningError, match="unknown model name 'vgg'.*lenet300"):
+        get_model("vgg", 10)
+    with pytest.raises(PruningError, match="'lenet5'"):
+        get_model("lenet5", 10, width=3)
+    with pytest.raises(PruningError, match="input_shape"):
+        init_params(MLP((2,)), jax.random.PRNGKey(0), (3,))
+
+
+def test_nnx_models_share_linen_leaf_paths():
+    for linen_model, make, shape in [
+        (MLP((300, 100, 10)), lambda: NnxMLP(784, (300, 100, 10), rngs=nnx.Rngs(0)), (28, 28, 1)),
+        (LeNet5(10), lambda: NnxLeNet5(10, input_shape=(8, 8, 1), rngs=nnx.Rngs(0)), (8, 8, 1)),
+        (SmallCNN(10), lambda: NnxSmallCNN(10, rngs=nnx.Rngs(0)), (28, 28, 1)),
+    ]:
+        lin = abstract_init(linen_model, (1, *shape))["params"]
+        nnx_shapes = shapes_by_path(nnx.state(nnx.eval_shape(make), nnx.Param))
+        lin_shapes = shapes_by_path(lin)
+        assert nnx_shapes == lin_shapes, type(linen_model).__name__
+
+
+def test_get_nnx_model_and_bridge():
+    m = get_nnx_model("lenet300", 10, (28, 28, 1), rngs=nnx.Rngs(0))
+    assert isinstance(m, NnxMLP) and count(nnx.state(m, nnx.Param)) == 266_610
+    with pytest.raises(PruningError, match="input_shape"):
+        get_nnx_model("lenet5", 10, (784,), rngs=nnx.Rngs(0))
+    resnet = nnx.eval_shape(lambda: get_nnx_model("resnet20", 10, (32, 32, 3), rngs=nnx.Rngs(0)))
+    res_params = shapes_by_path(nnx.state(resnet, nnx.Param))
+    assert count(nnx.state(resnet, nnx.Param)) == 269_722
+    assert res_params["BasicBlock_0/Conv_0/kernel"] == (3, 3, 16, 16)  # bridge keeps linen paths
+    bridged = to_nnx(MLP((4, 2)), (1, 3), rngs=nnx.Rngs(0))
+    assert bridged(jnp.ones((5, 3))).shape == (5, 2)
+    with pytest.raises(PruningError, match="linen"):
+        to_nnx(lambda x: x, (1, 3), rngs=nnx.Rngs(0))
+
+
+def test_nnx_mlp_trains_end_to_end():
+    """A native NNX model + optax learns a tiny linearly separable problem (loss decreases)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 2, 2, 1)).astype(np.float32)
+    y = (x.reshape(64, 4) @ np.array([1.0, -1.0, 0.5, 2.0]) > 0).astype(np.int32)
+    model = NnxMLP(4, (16, 2), rngs=nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optax.adam(0.05), wrt=nnx.Param)
+
+    def loss_fn(m):
+        return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+
+    @nnx.jit
+    def step(m, o):
+        loss, grads = nnx.value_and_grad(loss_fn)(m)
+        o.update(m, grads)
+        return loss
+
+    losses = [float(step(model, opt)) for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0], losses

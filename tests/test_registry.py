@@ -1,0 +1,79 @@
+"""Registry-wide checks: every scorer x structure goes through the same contract tests."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxprune as jp
+
+from helpers import linen_params, nnx_state
+
+# One instance per registered structure; a new registration must add its example here.
+STRUCTURE_EXAMPLES = {
+    "unstructured": jp.Unstructured(),
+    "nm": jp.NM(2, 4),
+    "block": jp.Block((2, 2)),
+    "neurons": jp.Neurons(),
+    "channels": jp.Channels(),
+}
+SPARSITIES = (0.0, 0.5, 0.9, 0.99, 1.0)
+
+
+def test_every_structure_has_an_example():
+    assert set(jp.STRUCTURES) == set(STRUCTURE_EXAMPLES)
+
+
+def _scores(name, params):
+    grads = jax.tree.map(lambda x: jnp.cos(3.0 * x), params)
+    return jp.compute_scores(name, params, grads=grads, key=jax.random.PRNGKey(1))
+
+
+def _expected_pruned(structure, x, s):
+    if s == 0.0:
+        return 0
+    if isinstance(structure, jp.NM):
+        return x.size * (structure.m - structure.n) // structure.m
+    units = structure.units("x", jnp.asarray(x)).size
+    return jp.num_pruned(s, units) * (x.size // units)
+
+
+@pytest.mark.parametrize("tree_fn", [linen_params, nnx_state], ids=["linen", "nnx"])
+@pytest.mark.parametrize("scorer", sorted(jp.SCORERS))
+@pytest.mark.parametrize("sname", sorted(STRUCTURE_EXAMPLES))
+def test_contract(tree_fn, scorer, sname):
+    structure = STRUCTURE_EXAMPLES[sname]
+    params = tree_fn()
+    scores = _scores(scorer, params)
+    jax.tree.map(lambda a, b: None, params, scores)  # same structure or raises
+    assert jax.tree.structure(scores) == jax.tree.structure(params)
+    # The usual pattern: the target is traced, the tree of per-leaf sparsities is built inside jit
+    # (unselected leaves get a concrete 0.0 and are left alone).
+    f = jax.jit(lambda sc, s: jp.topk_masks(sc, jp.uniform_sparsity(params, s), structure=structure))
+    for s in SPARSITIES:
+        sp = jp.uniform_sparsity(params, float(np.float32(s)))
+        eager = jp.topk_masks(scores, sp, structure=structure)
+        assert jax.tree.structure(eager) == jax.tree.structure(params)
+        for (path, x), m in zip(zip(jp.leaf_paths(params), jax.tree.leaves(params)),
+                                jax.tree.leaves(eager)):
+            assert m.dtype == jnp.bool_ and m.shape == x.shape, path
+            want = _expected_pruned(structure, x, s) if x.ndim >= 2 else 0
+            assert int(np.sum(~np.asarray(m))) == want, (path, s)
+        traced = f(scores, jnp.float32(s))
+        jax.tree.map(np.testing.assert_array_equal, eager, traced)
+    assert f._cache_size() == 1, "changing the sparsity recompiled"
+    if not isinstance(structure, jp.NM):
+        g = jax.jit(lambda sc, s: jp.global_masks(sc, s, structure=structure))
+        for s in SPARSITIES:
+            eager = jp.global_masks(scores, float(np.float32(s)), structure=structure)
+            jax.tree.map(np.testing.assert_array_equal, eager, g(scores, jnp.float32(s)))
+        assert g._cache_size() == 1
+
+
+@pytest.mark.parametrize("scorer", sorted(jp.SCORERS))
+def test_scorer_is_pure_and_jittable(scorer):
+    params = linen_params()
+    a = _scores(scorer, params)
+    b = jax.jit(lambda p: _scores(scorer, p))(params)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), a, b)
+    assert all(jnp.issubdtype(x.dtype, jnp.floating) for x in jax.tree.leaves(a))
