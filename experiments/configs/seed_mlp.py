@@ -1,0 +1,30 @@
+"""The classic tutorial example done right: a 784-128-10 MLP, Adam 1e-3, 5 epochs, magnitude pruning
+50 %, evaluated. ``finetune_epochs=2`` turns fine-tuning on. ``dataset=auto`` picks Fashion-MNIST when
+its files are found, else scikit-learn's digits.
+
+    jaxprune run experiments/configs/seed_mlp.py --workdir runs/seed_mlp
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.kind = "nn"
+    config.dataset = "auto"
+    config.data_dir = ml_collections.FieldReference(None, field_type=str)
+    config.validation_size = 0  # train on the whole training split; report test accuracy
+    config.model = "tutorial_mlp"
+    config.epochs = 5
+    config.batch_size = 32  # Keras' default, as in the tutorial
+    config.learning_rate = 1e-3
+    config.finetune_learning_rate = ml_collections.FieldReference(None, field_type=float)
+    config.seed = 0
+    config.method = "one_shot"
+    config.scorer = "magnitude"
+    config.allocation = "global"  # one magnitude threshold across layers (torch global_unstructured)
+    config.structure = "unstructured"
+    config.sparsity = 0.5
+    config.finetune_epochs = 0
+    config.progress = True
+    return config

@@ -1,0 +1,108 @@
+"""Experiment configs: ``get_config()`` files, ``key=value`` overrides, validation.
+
+A config file is plain Python with ``get_config()`` returning an ``ml_collections.ConfigDict``
+(flax-examples style). Overrides set dotted fields; the value is parsed as a Python literal and must
+match the field's type (an int where a float is expected is fine). Unknown keys and ill-typed values
+raise :class:`~jaxprune.errors.ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from typing import Any, Iterable
+
+import ml_collections
+
+from jaxprune.errors import ConfigError
+
+__all__ = ["load_config", "apply_overrides", "parse_value"]
+
+
+def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """Imports ``path`` and returns its ``get_config()``.
+
+    >>> cfg = load_config('experiments/configs/seed_mlp.py')  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_jaxprune_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # a broken user file: report it as a config error
+        raise ConfigError(f"config file {path!r} failed to import: {type(err).__name__}: {err}") from err
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path!r} has no get_config()")
+    config = module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+    return config
+
+
+def parse_value(text: str) -> Any:
+    """A Python literal if ``text`` is one, else the string itself.
+
+    >>> parse_value('0.5'), parse_value('true'), parse_value('erk'), parse_value('None')
+    (0.5, True, 'erk', None)
+    """
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _coerce(key: str, old: Any, new: Any) -> Any:
+    if old is None or new is None:
+        return new
+    if isinstance(old, bool):
+        if isinstance(new, bool):
+            return new
+    elif isinstance(old, int):
+        if isinstance(new, int) and not isinstance(new, bool):
+            return new
+    elif isinstance(old, float):
+        if isinstance(new, (int, float)) and not isinstance(new, bool):
+            return float(new)
+    elif isinstance(old, str):
+        return new if isinstance(new, str) else str(new)
+    elif isinstance(old, (tuple, list)):
+        if isinstance(new, (tuple, list)):
+            return type(old)(new)
+    else:
+        return new
+    raise ConfigError(f"config field {key!r} expects {type(old).__name__}, got {new!r}")
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> ml_collections.ConfigDict:
+    """Returns a copy of ``config`` with ``key=value`` overrides applied (dotted keys allowed).
+
+    >>> c = ml_collections.ConfigDict({'a': 1, 'b': {'c': 0.5}})
+    >>> apply_overrides(c, ['a=3', 'b.c=1']).b.c
+    1.0
+    """
+    config = ml_collections.ConfigDict(config.to_dict())
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        node, parts = config, key.split(".")
+        for part in parts[:-1]:
+            if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+                raise ConfigError(f"unknown config key {key!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            known = ", ".join(sorted(node.keys()))
+            raise ConfigError(f"unknown config key {key!r}; known keys: {known}")
+        value = _coerce(key, node[parts[-1]], parse_value(text))
+        with node.ignore_type():
+            node[parts[-1]] = value
+    return config

@@ -1,0 +1,135 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import jaxprune as jp
+from jaxprune.recipes import mask_update
+from jaxprune.train import (PruningState, constant, create_train_state, evaluate, fit, get_masks, iterative,
+                            masked, one_shot, polynomial, pruning)
+from jaxprune.models import MLP, init_params
+
+from helpers import TinyNnx, linen_params
+
+
+def _toy(n=256, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
+    return x, y
+
+
+def test_masked_keeps_pruned_weights_exactly_zero_and_trains():
+    model = MLP((16, 2))
+    v = init_params(model, jax.random.PRNGKey(0), (1, 6))
+    masks = jp.topk_masks(jp.magnitude_scores(v["params"]), jp.uniform_sparsity(v["params"], 0.5))
+    tx = masked(optax.adam(1e-2), masks)
+    state = create_train_state(v, tx)  # params NOT pre-masked: the first update zeros them
+    x, y = _toy()
+    state, hist = fit(model, state, tx, x, y, epochs=10, batch_size=32, seed=0, progress=False)
+    for w, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(masks)):
+        assert np.all(np.asarray(w)[~np.asarray(m)] == 0.0)
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    assert evaluate(model, state.params, {}, x, y)["accuracy"] > 0.8
+    assert jp.is_nested(get_masks(state.opt_state), masks) and jp.is_nested(masks, get_masks(state.opt_state))
+
+
+def test_fit_is_deterministic():
+    model = MLP((8, 2))
+    v = init_params(model, jax.random.PRNGKey(0), (1, 6))
+    x, y = _toy()
+    outs = []
+    for _ in range(2):
+        st, _ = fit(model, create_train_state(v, optax.adam(1e-2)), optax.adam(1e-2), x, y, epochs=2,
+                    batch_size=32, seed=3, progress=False)
+        outs.append(st.params)
+    jax.tree.map(np.testing.assert_array_equal, *outs)
+
+
+def test_masks_change_only_on_schedule_and_sparsity_is_exact():
+    p = linen_params()["params"]
+    tx = pruning(optax.sgd(0.1), update_masks=mask_update("magnitude"),
+                 schedule=polynomial(0.0, 0.8, begin=2, end=6, every=2))
+    state = tx.init(p)
+    g = jax.tree.map(jnp.ones_like, p)
+    step = jax.jit(tx.update)
+    seen = []
+    for t in range(9):
+        u, state = step(g, state, p)
+        p = optax.apply_updates(p, u)
+        seen.append(jp.summary(p).prunable["sparsity"])
+    assert seen[0] == 0.0 and seen[1] == 0.0
+    assert seen[2] == pytest.approx(0.0, abs=1e-9)  # s(begin) = s_init
+    assert seen[3] == seen[2]  # not an update step
+    kernels = [x.size for x in jax.tree.leaves(p) if x.ndim == 2]
+    want = sum(jp.num_pruned(np.float32(0.8), n) for n in kernels) / sum(kernels)
+    assert seen[6] == pytest.approx(want, abs=1e-12) and seen[8] == seen[6]
+    assert float(state.sparsity) == pytest.approx(0.8)
+    assert step._cache_size() == 1
+
+
+def test_moments_reset_where_masks_change():
+    p = {"w": jnp.array([[1.0, 2.0, 3.0, 4.0]])}
+    tx = pruning(optax.adam(0.1), update_masks=mask_update("magnitude", include=lambda *_: True),
+                 schedule=one_shot(0.5, at=1))
+    state = tx.init(p)
+    g = {"w": jnp.ones((1, 4))}
+    _, state = tx.update(g, state, p)
+    _, state = tx.update(g, state, p)  # step 1 prunes the two smallest
+    adam = state.inner[0]
+    np.testing.assert_array_equal(np.asarray(adam.mu["w"])[0, :2], 0.0)
+    assert np.all(np.asarray(adam.mu["w"])[0, 2:] != 0.0)
+
+
+def test_masked_works_on_nnx_state():
+    model = TinyNnx(nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    masks = jp.topk_masks(jp.magnitude_scores(params), jp.erk_sparsity(params, 0.6))
+    tx = masked(optax.adam(1e-2), masks)
+    opt_state = tx.init(params)
+    x, y = _toy()
+
+    def loss(p):
+        out = nnx.merge(graphdef, p, rest)(x)
+        return jnp.mean((out[:, 0] - y) ** 2)
+
+    for _ in range(5):
+        g = jax.grad(loss)(params)
+        u, opt_state = tx.update(g, opt_state, params)
+        params = optax.apply_updates(params, u)
+    s = jp.summary(params)
+    assert s.prunable["sparsity"] == pytest.approx(0.6, abs=1e-2)
+    for w, m in zip(jax.tree.leaves(params), jax.tree.leaves(masks)):
+        assert np.all(np.asarray(w)[~np.asarray(m)] == 0.0)
+
+
+def test_schedules_against_published_values():
+    s = polynomial(0.0, 0.9, 0, 10)
+    want = [0, .244, .439, .591, .706, .787, .842, .876, .893, .899, .9]
+    np.testing.assert_allclose([float(s.sparsity(t)) for t in range(11)], want, atol=6e-4)
+    it = iterative(0.2, 4, 10)
+    np.testing.assert_allclose([float(it.sparsity(10 * r)) for r in range(5)],
+                               [0, .2, .36, .488, .5904], atol=1e-6)
+    c = constant(0.5, every=3, begin=1, end=7)
+    assert [bool(c.is_update(t)) for t in range(9)] == [False, True, False, False, True, False, False,
+                                                        True, False]
+
+
+def test_schedule_errors():
+    with pytest.raises(jp.PruningError, match="end"):
+        polynomial(0.0, 0.9, 10, 5)
+    with pytest.raises(jp.PruningError, match="end"):
+        constant(0.5, begin=5, end=1)
+    with pytest.raises(jp.PruningError, match="sparsity"):
+        one_shot(1.2)
+    with pytest.raises(jp.PruningError, match="every"):
+        polynomial(0.0, 0.5, 0, 10, every=0)
+
+
+def test_pruning_state_is_a_pytree_of_arrays():
+    tx = masked(optax.adam(1e-3), jp.dense_masks(linen_params()))
+    st = tx.init(linen_params())
+    assert isinstance(st, PruningState)
+    assert all(hasattr(x, "shape") for x in jax.tree.leaves(st))
