@@ -102,7 +102,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
         if parts[-1] not in node:
             known = ", ".join(sorted(node.keys()))
             raise ConfigError(f"unknown config key {key!r}; known keys: {known}")
-        value = _coerce(key, node[parts[-1]], parse_value(text))
+        old = node[parts[-1]]
+        # A string field takes the text as written ('none' is a method name, not None).
+        value = text if isinstance(old, str) else _coerce(key, old, parse_value(text))
         with node.ignore_type():
             node[parts[-1]] = value
     return config

@@ -21,7 +21,7 @@ import optax
 from jaxprune import data as jdata
 from jaxprune.counts import check_sparsity_value
 from jaxprune.errors import ConfigError, DataError
-from jaxprune.masks import apply_masks, summary
+from jaxprune.masks import apply_masks, dense_masks, summary
 from jaxprune.models import get_model, init_params
 from jaxprune.recipes import check_names, parse_structure, select_masks
 from jaxprune.scores import compute_scores, get_scorer
@@ -135,7 +135,7 @@ def dense_only(run: Run) -> dict:
     state, _ = _fit(run, state, optax.adam(run.config.learning_rate), run.config.epochs, 0, "dense")
     acc = _acc(run, state.params, state.model_state)
     return {"params": state.params, "model_state": state.model_state, "dense_test_accuracy": acc,
-            "pruned_test_accuracy": acc}
+            "pruned_test_accuracy": acc, "masks": dense_masks(state.params)}
 
 
 @register_method("one_shot")
@@ -156,7 +156,7 @@ def one_shot(run: Run) -> dict:
     else:
         model_state = state.model_state
     return {"params": params, "model_state": model_state, "dense_test_accuracy": dense_acc,
-            "pruned_test_accuracy": pruned_acc}
+            "pruned_test_accuracy": pruned_acc, "masks": masks}
 
 
 def _nn_run(config: Any) -> dict:
@@ -174,11 +174,15 @@ def _nn_run(config: Any) -> dict:
     final_acc = out.pop("test_accuracy", None)
     if final_acc is None:
         final_acc = _acc(run, out["params"], out["model_state"])
-    s = summary(out.pop("params"))
+    params, masks = out.pop("params"), out.pop("masks")
     out.pop("model_state")
+    s = summary(params)
+    # `sparsity` is structural (the masks); `value_sparsity` also counts kept weights that are 0.
+    ms = summary(masks)
     return {"dataset": dataset, "model": config.model, "method": config.method,
             "scorer": config.scorer, "allocation": config.allocation, "structure": config.structure,
-            "target_sparsity": float(config.sparsity), "sparsity": s.prunable["sparsity"],
+            "target_sparsity": float(config.sparsity), "sparsity": ms.prunable["sparsity"],
+            "value_sparsity": s.prunable["sparsity"],
             "total_params": s.total["size"], "nonzero_params": s.total["nonzero"],
             "prunable_params": s.prunable["size"], "prunable_nonzero": s.prunable["nonzero"],
             "bytes_dense": s.total["bytes"], "test_accuracy": final_acc, "seed": config.seed,
@@ -218,3 +222,7 @@ def format_result(result: dict) -> str:
     width = max(len(k) for k, _ in rows)
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else str(v)  # noqa: E731
     return "\n".join(f"{k.ljust(width)}  {fmt(v)}" for k, v in rows)
+
+
+# The training-time methods register themselves on import (they use the helpers above).
+import jaxprune.methods.runs  # noqa: E402,F401

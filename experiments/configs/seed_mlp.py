@@ -26,5 +26,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.structure = "unstructured"
     config.sparsity = 0.5
     config.finetune_epochs = 0
+    # Training-time methods (gradual_magnitude, set, rigl, imp, ...): see docs/methods.md.
+    config.prune_begin = 0.0  # fraction of training where gradual pruning / DST updates start
+    config.prune_end = 0.75  # ... and end (RigL's T_end)
+    config.update_every = 100  # steps between mask updates
+    config.drop_fraction = 0.3  # SET/RigL initial drop fraction alpha (cosine-decayed)
+    config.imp_rate = 0.2  # IMP: fraction of remaining weights pruned per round (hidden layers)
+    config.imp_output_rate = 0.1  # IMP: per-round rate of the output layer
+    config.rewind_epoch = 0  # IMP: 0 rewinds to init; e > 0 rewinds to the end of epoch e
+    config.pai_rounds = 100  # SynFlow iterations
     config.progress = True
     return config

@@ -1,0 +1,221 @@
+"""The training-time methods of ``jaxprune run method=...``, each built from the core pieces.
+
+| method | what | reference |
+|---|---|---|
+| ``none`` | dense training only | — |
+| ``one_shot`` / ``global_one_shot`` | train dense, prune once (layerwise / global), fine-tune | Han et al. 2015 |
+| ``gradual_magnitude`` / ``global_gradual_magnitude`` | cubic schedule during training | Zhu & Gupta 2017 |
+| ``ste`` | sparse forward, straight-through gradient to dense weights | Bengio 2013; Zhou 2021 |
+| ``static_sparse`` | random ERK mask at init, fixed | Evci et al. 2020 (baseline) |
+| ``set`` / ``rigl`` | drop smallest, regrow random / largest gradient | Mocanu 2018; Evci 2020 |
+| ``imp`` / ``imp_random_reinit`` | lottery-ticket IMP with rewinding / its control | Frankle & Carbin 2019 |
+| ``snip`` / ``grasp`` / ``synflow`` | pruning at initialization, then training | Lee 2019; Wang 2020; Tanaka 2020 |
+
+Methods that never train a dense network report ``dense_test_accuracy: null``.
+"""
+
+from __future__ import annotations
+
+import math
+import jax
+import optax
+
+from jaxprune.allocate import uniform_sparsity
+from jaxprune.data import num_batches
+from jaxprune.errors import ConfigError
+from jaxprune.experiment import Run, _acc, _fit, prune_params, register_method
+from jaxprune.masks import apply_masks
+from jaxprune.methods.dst import (check_room_to_regrow, dst_schedule, dst_update, random_sparse_masks,
+                                  ste_forward)
+from jaxprune.models import init_params
+from jaxprune.paths import leaf_paths
+from jaxprune.recipes import mask_update, parse_structure
+from jaxprune.select import topk_masks
+from jaxprune.scores import magnitude_scores
+from jaxprune.train import create_train_state, fit, get_masks, masked, polynomial, pruning
+
+__all__ = ["imp_rounds"]
+
+
+def _steps_per_epoch(run: Run) -> int:
+    return num_batches(len(run.train[1]), run.config.batch_size)
+
+
+def _finetune(run: Run, params, model_state, masks, first_epoch: int):
+    c = run.config
+    if not c.finetune_epochs:
+        return params, model_state
+    tx = masked(optax.adam(c.get("finetune_learning_rate") or c.learning_rate), masks)
+    st = create_train_state({"params": params, **model_state}, tx)
+    st, _ = _fit(run, st, tx, c.finetune_epochs, first_epoch, "finetune")
+    return st.params, st.model_state
+
+
+def _train_with(run: Run, tx, desc: str, loss_transform=None):
+    c = run.config
+    state = create_train_state(run.variables, tx)
+    state, _ = fit(run.model, state, tx, *run.train, epochs=c.epochs, batch_size=c.batch_size,
+                   seed=c.seed, desc=desc, progress=c.get("progress", True), loss_transform=loss_transform)
+    return state
+
+
+def _finish(run: Run, params, model_state, masks, dense_acc=None) -> dict:
+    params = apply_masks(params, masks)
+    pruned_acc = _acc(run, params, model_state)
+    params, model_state = _finetune(run, params, model_state, masks, run.config.epochs)
+    return {"params": params, "model_state": model_state, "dense_test_accuracy": dense_acc,
+            "pruned_test_accuracy": pruned_acc, "masks": masks}
+
+
+@register_method("global_one_shot")
+def global_one_shot(run: Run) -> dict:
+    """One-shot pruning with one global threshold (whatever ``allocation`` says)."""
+    from jaxprune.experiment import METHODS
+    with run.config.unlocked():
+        run.config.allocation = "global"
+    return METHODS["one_shot"](run)
+
+
+def _gradual(run: Run, allocation: str) -> dict:
+    c = run.config
+    total = c.epochs * _steps_per_epoch(run)
+    begin = int(c.prune_begin * total)
+    end = max(begin + 1, int(c.prune_end * total))
+    tx = pruning(optax.adam(c.learning_rate),
+                 update_masks=mask_update(c.scorer, allocation=allocation,
+                                          structure=parse_structure(c.structure)),
+                 schedule=polynomial(0.0, c.sparsity, begin, end, every=c.update_every),
+                 seed=c.seed)
+    state = _train_with(run, tx, "gradual")
+    return _finish(run, state.params, state.model_state, get_masks(state.opt_state))
+
+
+@register_method("gradual_magnitude")
+def gradual_magnitude(run: Run) -> dict:
+    """Zhu & Gupta 2017: s_t rises cubically from 0 to the target between prune_begin and prune_end."""
+    return _gradual(run, run.config.allocation if run.config.allocation != "global" else "uniform")
+
+
+@register_method("global_gradual_magnitude")
+def global_gradual_magnitude(run: Run) -> dict:
+    """Gradual magnitude pruning with one global threshold at each mask update."""
+    return _gradual(run, "global")
+
+
+@register_method("ste")
+def ste(run: Run) -> dict:
+    """Straight-through estimator: dense weights trained through a magnitude-sparse forward."""
+    c = run.config
+    tx = optax.adam(c.learning_rate)
+    state = _train_with(run, tx, "ste", loss_transform=ste_forward(c.sparsity))
+    masks = topk_masks(magnitude_scores(state.params), uniform_sparsity(state.params, c.sparsity))
+    return _finish(run, state.params, state.model_state, masks)
+
+
+def _sparse_from_init(run: Run, update=None, schedule=None) -> dict:
+    c = run.config
+    masks = random_sparse_masks(run.variables["params"], c.sparsity, jax.random.fold_in(run.key, 3),
+                                allocation="erk" if c.allocation in ("erk", "global") else "uniform")
+    if update is not None:
+        check_room_to_regrow(masks, run.variables["params"])
+    tx = pruning(optax.adam(c.learning_rate), update_masks=update, schedule=schedule,
+                 initial_masks=masks, seed=c.seed)
+    state = _train_with(run, tx, c.method)
+    return _finish(run, state.params, state.model_state, get_masks(state.opt_state))
+
+
+@register_method("static_sparse")
+def static_sparse(run: Run) -> dict:
+    """A random mask at init (ERK per-layer sparsity unless allocation=uniform), never changed."""
+    return _sparse_from_init(run)
+
+
+def _dst(run: Run, regrow: str) -> dict:
+    c = run.config
+    end = max(1, int(c.prune_end * c.epochs * _steps_per_epoch(run)))
+    return _sparse_from_init(run, dst_update(regrow, c.drop_fraction, end),
+                             dst_schedule(c.sparsity, every=c.update_every, end=end))
+
+
+@register_method("set")
+def set_method(run: Run) -> dict:
+    """SET (Mocanu et al. 2018): drop the smallest weights, regrow as many at random."""
+    return _dst(run, "random")
+
+
+@register_method("rigl")
+def rigl(run: Run) -> dict:
+    """RigL (Evci et al. 2020): drop the smallest weights, regrow where |gradient| is largest."""
+    return _dst(run, "gradient")
+
+
+def imp_rounds(target: float, rate: float) -> int:
+    """Rounds of IMP at ``rate`` per round needed to reach ``target`` sparsity.
+
+    >>> imp_rounds(0.9, 0.2), imp_rounds(0.5, 0.2)
+    (11, 4)
+    """
+    if target <= 0:
+        return 0
+    if not 0 < rate < 1:
+        raise ConfigError(f"config field 'imp_rate' must be in (0, 1), got {rate}")
+    return max(1, math.ceil(math.log(1 - min(target, 1 - 1e-12)) / math.log(1 - rate) - 1e-9))
+
+
+def _imp(run: Run, rewind: bool) -> dict:
+    c = run.config
+    params0 = run.variables["params"]
+    paths = leaf_paths(params0)
+    kernels = [p for p, x in zip(paths, jax.tree.leaves(params0)) if x.ndim >= 2]
+    output = kernels[-1]  # the output layer is pruned at its own (lower) rate
+    n_out = int(jax.tree.leaves(params0)[paths.index(output)].size)
+    n_all = sum(int(x.size) for x in jax.tree.leaves(params0) if x.ndim >= 2)
+    rounds = imp_rounds(c.sparsity, c.imp_rate)
+    tx = optax.adam(c.learning_rate)
+    rewind_params = params0
+    masks = jax.tree.map(lambda x: x == x, params0)
+    dense_acc = None
+    state = create_train_state(run.variables, tx)
+    for r in range(rounds + 1):
+        st = create_train_state({"params": apply_masks(rewind_params, masks), **state.model_state},
+                                masked(tx, masks))
+        hook = None
+        if r == 0 and c.rewind_epoch > 0:
+            def hook(epoch, s):  # late rewinding (Frankle et al. 2020), at epoch granularity
+                nonlocal rewind_params
+                if epoch + 1 == c.rewind_epoch:
+                    rewind_params = s.params
+                return s
+        st, _ = fit(run.model, st, masked(tx, masks), *run.train, epochs=c.epochs,
+                    batch_size=c.batch_size, seed=c.seed + r, desc=f"imp round {r}",
+                    progress=c.get("progress", True), on_epoch=hook)
+        state = st
+        if r == 0:
+            dense_acc = _acc(run, st.params, st.model_state)
+        if r == rounds:
+            break
+        # Round r+1 targets: output layer at its own rate, the rest sized so the total is exact.
+        s_out = 1 - (1 - c.imp_output_rate) ** (r + 1)
+        s_tot = c.sparsity if r + 1 == rounds else 1 - (1 - c.imp_rate) ** (r + 1)
+        s_hid = min(1.0, max(0.0, (s_tot * n_all - s_out * n_out) / (n_all - n_out)))
+        sp = uniform_sparsity(st.params, s_hid, overrides={output: s_out})
+        masks = topk_masks(magnitude_scores(apply_masks(st.params, masks)), sp)
+        if not rewind:  # the control: same masks, fresh random initialisation
+            fresh = init_params(run.model, jax.random.fold_in(run.key, 100 + r),
+                                (1, *run.train[0].shape[1:]))
+            rewind_params = fresh["params"]
+    acc = _acc(run, state.params, state.model_state)
+    return {"params": state.params, "model_state": state.model_state, "dense_test_accuracy": dense_acc,
+            "pruned_test_accuracy": acc, "imp_rounds": rounds, "masks": masks}
+
+
+@register_method("imp")
+def imp(run: Run) -> dict:
+    """Lottery-ticket IMP: train, prune imp_rate of the remaining weights, rewind survivors, repeat."""
+    return _imp(run, rewind=True)
+
+
+@register_method("imp_random_reinit")
+def imp_random_reinit(run: Run) -> dict:
+    """IMP's control: the same pruning rounds, but survivors are re-initialised at random."""
+    return _imp(run, rewind=False)
