@@ -79,20 +79,27 @@ class LeNet5(nn.Module):
 
     num_classes: int = 10
     conv2_padding: str | None = None
+    # Widths default to the classic net; smaller ones describe a physically shrunk copy
+    # (jaxprune.shrink). Parameter names do not depend on them.
+    channels: Sequence[int] = (6, 16)
+    hidden: Sequence[int] = (120, 84)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = _as_image(x, "LeNet5")
-        conv = nn.Conv(6, (5, 5), padding="SAME")
+        if len(self.channels) != 2 or len(self.hidden) != 2:
+            raise PruningError(f"LeNet5: channels and hidden need 2 widths each, got "
+                               f"{tuple(self.channels)} and {tuple(self.hidden)}")
+        conv = nn.Conv(int(self.channels[0]), (5, 5), padding="SAME")
         x = sow_activation(conv, nn.relu(conv(x)))
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
         padding = self.conv2_padding or ("VALID" if min(x.shape[1:3]) >= 5 else "SAME")
-        conv = nn.Conv(16, (5, 5), padding=padding)
+        conv = nn.Conv(int(self.channels[1]), (5, 5), padding=padding)
         x = sow_activation(conv, nn.relu(conv(x)))
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
         x = flatten_examples(x)
-        for width in (120, 84):
-            dense = nn.Dense(width)
+        for width in self.hidden:
+            dense = nn.Dense(int(width))
             x = sow_activation(dense, nn.relu(dense(x)))
         return nn.Dense(int(self.num_classes))(x)
 

@@ -32,12 +32,14 @@ class BasicBlock(nn.Module):
     channels: int
     strides: int = 1
     shortcut: str = "A"
+    inner_channels: int | None = None  # width of the first conv; None = ``channels`` (a shrunk block)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=0.9, **kw)
         s = (self.strides, self.strides)
-        conv = nn.Conv(self.channels, (3, 3), strides=s, padding="SAME", use_bias=False)
+        inner = self.channels if self.inner_channels is None else int(self.inner_channels)
+        conv = nn.Conv(inner, (3, 3), strides=s, padding="SAME", use_bias=False)
         y = sow_activation(conv, nn.relu(norm()(conv(x))))
         y = nn.Conv(self.channels, (3, 3), padding="SAME", use_bias=False)(y)
         y = norm()(y)
@@ -70,6 +72,9 @@ class ResNet20(nn.Module):
     stage_channels: tuple[int, ...] = (16, 32, 64)
     blocks_per_stage: int = 3
     shortcut: str = "A"
+    # Inner width of every block's first conv, in block order (None = the stage width). Only these
+    # convs can shrink: the others are tied to the residual stream (see jaxprune.shrink).
+    block_channels: tuple[int, ...] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -77,11 +82,17 @@ class ResNet20(nn.Module):
             raise PruningError(f"ResNet20: shortcut must be 'A' or 'B', got {self.shortcut!r}")
         if x.ndim != 4:
             raise PruningError(f"ResNet20: expected input of shape (N, H, W, C), got {x.shape}")
+        n_blocks = len(self.stage_channels) * self.blocks_per_stage
+        if self.block_channels is not None and len(self.block_channels) != n_blocks:
+            raise PruningError(f"ResNet20: block_channels needs {n_blocks} widths (one per block), "
+                               f"got {len(self.block_channels)}")
         x = nn.Conv(self.stage_channels[0], (3, 3), padding="SAME", use_bias=False)(x)
         x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
         for stage, channels in enumerate(self.stage_channels):
             for block in range(self.blocks_per_stage):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(channels, strides, self.shortcut)(x, train=train)
+                i = stage * self.blocks_per_stage + block
+                inner = None if self.block_channels is None else int(self.block_channels[i])
+                x = BasicBlock(channels, strides, self.shortcut, inner)(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(int(self.num_classes))(x)
