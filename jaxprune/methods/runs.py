@@ -21,18 +21,20 @@ import jax
 import optax
 
 from jaxprune.allocate import uniform_sparsity
-from jaxprune.data import num_batches
+from jaxprune.data import batches, num_batches
 from jaxprune.errors import ConfigError
-from jaxprune.experiment import Run, _acc, _fit, prune_params, register_method
+from jaxprune.experiment import Run, _acc, _fit, register_method
 from jaxprune.masks import apply_masks
 from jaxprune.methods.dst import (check_room_to_regrow, dst_schedule, dst_update, random_sparse_masks,
                                   ste_forward)
+from jaxprune.methods.pai import grasp_scores, snip_scores, synflow_masks
 from jaxprune.models import init_params
 from jaxprune.paths import leaf_paths
-from jaxprune.recipes import mask_update, parse_structure
+from jaxprune.recipes import mask_update, parse_structure, select_masks
 from jaxprune.select import topk_masks
 from jaxprune.scores import magnitude_scores
 from jaxprune.train import create_train_state, fit, get_masks, masked, polynomial, pruning
+from jaxprune.train.loop import _call
 
 __all__ = ["imp_rounds"]
 
@@ -219,3 +221,48 @@ def imp(run: Run) -> dict:
 def imp_random_reinit(run: Run) -> dict:
     """IMP's control: the same pruning rounds, but survivors are re-initialised at random."""
     return _imp(run, rewind=False)
+
+
+def _pai(run: Run, which: str) -> dict:
+    c = run.config
+    params = run.variables["params"]
+    model_state = {k: v for k, v in run.variables.items() if k != "params"}
+
+    def logits(p, x):
+        return _call(run.model, p, model_state, x, train=False)[0]
+
+    if which == "synflow":
+        masks = synflow_masks(logits, params, (1, *run.train[0].shape[1:]), c.sparsity,
+                              rounds=c.pai_rounds)
+    else:
+        b = next(iter(batches(*run.train, c.batch_size, seed=c.seed, epoch=0)))
+
+        def loss(p):
+            return optax.softmax_cross_entropy_with_integer_labels(logits(p, b.images), b.labels).mean()
+
+        scores = (snip_scores if which == "snip" else grasp_scores)(loss, params)
+        masks = select_masks(params, scores, c.sparsity, allocation=c.allocation,
+                             structure=parse_structure(c.structure))
+    tx = masked(optax.adam(c.learning_rate), masks)
+    state = create_train_state({"params": apply_masks(params, masks), **model_state}, tx)
+    state, _ = fit(run.model, state, tx, *run.train, epochs=c.epochs, batch_size=c.batch_size,
+                   seed=c.seed, desc=which, progress=c.get("progress", True))
+    return _finish(run, state.params, state.model_state, masks)
+
+
+@register_method("snip")
+def snip(run: Run) -> dict:
+    """SNIP (Lee et al. 2019): prune at init by |w·g| on one batch, then train the sparse net."""
+    return _pai(run, "snip")
+
+
+@register_method("grasp")
+def grasp(run: Run) -> dict:
+    """GraSP (Wang et al. 2020): prune at init keeping high θ⊙Hg (gradient flow), then train."""
+    return _pai(run, "grasp")
+
+
+@register_method("synflow")
+def synflow(run: Run) -> dict:
+    """SynFlow (Tanaka et al. 2020): data-free iterative synaptic-flow pruning at init, then train."""
+    return _pai(run, "synflow")

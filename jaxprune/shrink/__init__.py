@@ -1,0 +1,29 @@
+"""Structured pruning that really shrinks the model: remove pruned units, rebuild a smaller model.
+
+Pipeline: element masks (``topk_masks(..., structure=Neurons())``) or unit scores -> :func:`unit_masks`
+/ :func:`unit_masks_from_scores` -> :func:`shrink` -> a smaller linen model and variables; measure
+with :func:`flops`, :func:`macs`, :func:`param_count`, :func:`param_bytes`, :func:`latency_ms`.
+Supported: MLP, LeNet5, SmallCNN, ResNet20 (inner conv of each block only). See ``docs/shrink.md``.
+"""
+
+from jaxprune.shrink.cost import flops, latency_ms, macs, param_bytes, param_count
+from jaxprune.shrink.plans import SUPPORTED, Edge, Plan, plan_for
+from jaxprune.shrink.surgery import shrink, unit_means
+from jaxprune.shrink.units import removal_masks, unit_masks, unit_masks_from_scores
+
+__all__ = [
+    "Edge",
+    "Plan",
+    "SUPPORTED",
+    "flops",
+    "latency_ms",
+    "macs",
+    "param_bytes",
+    "param_count",
+    "plan_for",
+    "removal_masks",
+    "shrink",
+    "unit_masks",
+    "unit_masks_from_scores",
+    "unit_means",
+]
