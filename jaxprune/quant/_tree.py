@@ -1,8 +1,7 @@
 """Private pytree helpers shared by the quant modules.
 
-``_path_str`` is a stand-in for the core's path function (the lead will swap it in): it joins keys
-with '/' and drops the trailing ``.value`` attribute that ``nnx.State`` adds, so an nnx leaf and a
-linen leaf read the same ('params/Dense_0/kernel').
+Leaf paths come from the core's :func:`jaxprune.paths.path_str` ('params/Dense_0/kernel' for linen
+and nnx alike).
 """
 
 from __future__ import annotations
@@ -14,23 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune.errors import PruningError
+from jaxprune.paths import path_str
 
 Include = Callable[[str, Any], bool]
 
 
-def _key_str(key: Any) -> str:
-    # Each key type keeps its name in a different attribute.
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def _path_str(path: Sequence[Any]) -> str:
-    keys = list(path)
-    if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name == "value":
-        keys = keys[:-1]
-    return "/".join(_key_str(k) for k in keys)
+_path_str = path_str  # the core's path naming, shared by every module
 
 
 def _is_float(leaf: Any) -> bool:
