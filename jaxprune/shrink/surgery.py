@@ -13,14 +13,15 @@ mean of the BatchNorm after it), so the next layer sees the unit's average contr
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-import jax  # noqa: F401  (used by the doctest examples)
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
 from jaxprune.errors import PruningError
+from jaxprune.models.common import _takes_train
 from jaxprune.neurons.stats import UnitStats, UnitSummary
 from jaxprune.shrink.plans import Edge, layer_params, plan_for, resolve_units
 
@@ -43,7 +44,8 @@ def unit_means(stats: Any) -> np.ndarray:
 
 
 def shrink(model: nn.Module, variables: Mapping, unit_masks: Mapping[str, Any], *,
-           mean_replacement: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict]:
+           mean_replacement: Mapping[str, Any] | None = None,
+           input_shape: Sequence[int] | None = None) -> tuple[nn.Module, dict]:
     """A smaller model and variables with the units where ``unit_masks`` is False removed.
 
     ``unit_masks`` maps a producer layer ('Dense_0', 'Conv_1', 'BasicBlock_3/Conv_0') to a (units,)
@@ -51,6 +53,9 @@ def shrink(model: nn.Module, variables: Mapping, unit_masks: Mapping[str, Any], 
     layer, ResNet residual-stream convs) must be all-True. ``mean_replacement`` maps a layer to its
     units' mean post-activation output (an array, or the layer's ``UnitStats`` / ``UnitSummary`` from
     :func:`jaxprune.neurons.collect_activation_stats`); layers without it are removed plainly.
+    ``input_shape`` (one example's shape) makes a conv consumer's correction border-aware: the spatial
+    average of its response to the constant mean map, zero padding included (one traced forward);
+    without it every kernel tap is summed, which is exact only away from the border.
     Supported: :class:`~jaxprune.models.MLP`, ``LeNet5``, ``SmallCNN``, ``ResNet20``.
 
     Example:
@@ -72,9 +77,17 @@ def shrink(model: nn.Module, variables: Mapping, unit_masks: Mapping[str, Any], 
 
     new = {name: _copy(tree) for name, tree in cols.items()}
     # Folds first, on full-width leaves: a consumer may itself be a producer that loses units below.
-    for edge in plan.edges:
-        if edge.layer in means and not keep[edge.layer].all():
-            _fold_mean(new, params, edge, keep[edge.layer], unit_means(means[edge.layer]))
+    folds = [e for e in plan.edges if e.layer in means and not keep[e.layer].all()]
+    gone = {e.consumer: _removed_means(e, keep[e.layer], unit_means(means[e.layer])) for e in folds}
+    exact = {}
+    if input_shape is not None:
+        convs = {e.consumer: gone[e.consumer] for e in folds if e.kind == "conv"}
+        exact = _conv_responses(model, cols, input_shape, convs) if convs else {}
+    for edge in folds:
+        delta = exact.get(edge.consumer)
+        if delta is None:
+            delta = _tap_sum(params, edge, gone[edge.consumer])
+        _fold(new, edge, delta)
     for edge in plan.edges:
         idx = np.flatnonzero(keep[edge.layer])
         _take_last(new["params"], edge.layer, ("kernel", "bias"), idx)
@@ -142,26 +155,68 @@ def _expect(ok: bool, edge: Edge, shape: tuple, units: int) -> None:
                            "not match the model")
 
 
-def _fold_mean(new: dict, params: Mapping, edge: Edge, keep: np.ndarray, mean: np.ndarray) -> None:
-    """Add the removed units' mean contribution to the consumer's bias (or its BatchNorm's mean).
-
-    Dense: Σ_r mean_r · W[r, :]. Flatten: the channel's mean at every spatial position, i.e. its rows
-    summed. Conv: mean_c · Σ_{kh,kw} W[kh, kw, c, :], exact away from the border (SAME zero padding
-    sees fewer taps there), an approximation we accept and document.
-    """
+def _removed_means(edge: Edge, keep: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """The removed units' means, 0 for kept units (checked)."""
     if mean.shape != keep.shape:
         raise PruningError(f"shrink: mean_replacement for layer {edge.layer!r} has shape {mean.shape}, "
                            f"expected ({keep.shape[0]},)")
     if not np.isfinite(mean).all():
         raise PruningError(f"shrink: mean_replacement for layer {edge.layer!r} is not finite")
+    return np.where(keep, 0.0, mean)
+
+
+def _tap_sum(params: Mapping, edge: Edge, gone: np.ndarray) -> np.ndarray:
+    """The consumer's pre-activation shift when the removed units output their means.
+
+    Dense: Σ_r mean_r · W[r, :]. Flatten: the channel's mean at every spatial position, i.e. its rows
+    summed. Conv: mean_c · Σ_{kh,kw} W[kh, kw, c, :], exact away from the border (SAME zero padding
+    sees fewer taps there; pass ``input_shape`` to :func:`shrink` for the border-aware average).
+    """
     kernel = _kernel(params, edge.consumer).astype(np.float64)
-    gone = np.where(keep, 0.0, mean)
     if edge.kind == "dense":
-        delta = gone @ kernel
-    elif edge.kind == "conv":
-        delta = np.einsum("c,hwco->o", gone, kernel)
-    else:
-        delta = np.einsum("c,pco->o", gone, kernel.reshape(-1, keep.shape[0], kernel.shape[-1]))
+        return gone @ kernel
+    if edge.kind == "conv":
+        return np.einsum("c,hwco->o", gone, kernel)
+    return np.einsum("c,pco->o", gone, kernel.reshape(-1, gone.shape[0], kernel.shape[-1]))
+
+
+def _conv_responses(model: nn.Module, variables: Mapping, input_shape: Sequence[int],
+                    gone: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Spatial mean of each conv consumer's response to its constant removed-means input map.
+
+    Convolution is linear, so a bias-free ``conv(const)`` at each output position is exactly what the
+    removed channels would have added there, border taps included; the spatial mean is the best
+    (least-squares) constant a bias can carry. Found by intercepting the consumers in one forward.
+    """
+    kwargs = {"train": False} if _takes_train(model) else {}
+
+    def run(v: Mapping) -> dict:
+        found = {}
+
+        def intercept(next_fun, args, kw, context):
+            name = "/".join(context.module.path)
+            if context.method_name == "__call__" and name in gone and args:
+                const = jnp.broadcast_to(jnp.asarray(gone[name], args[0].dtype), args[0].shape)
+                # A bias-free copy of the same conv (strides, padding, dilation), on its own kernel.
+                conv = context.module.clone(parent=None, use_bias=False)
+                kernel = layer_params(v["params"], name)["kernel"]
+                resp = conv.apply({"params": {"kernel": kernel}}, const)
+                found[name] = jnp.mean(resp, axis=tuple(range(resp.ndim - 1)))
+            return next_fun(*args, **kw)
+
+        with nn.intercept_methods(intercept):
+            model.apply(v, jnp.zeros((1, *(int(d) for d in input_shape)), jnp.float32), **kwargs)
+        return found
+
+    found = jax.jit(run)(variables)
+    missing = sorted(set(gone) - set(found))
+    if missing:
+        raise PruningError(f"shrink: consumers {missing} were not called in the forward pass")
+    return {k: np.asarray(v, np.float64) for k, v in found.items()}
+
+
+def _fold(new: dict, edge: Edge, delta: np.ndarray) -> None:
+    """Add ``delta`` to the consumer's bias, or subtract it from the running mean of its BatchNorm."""
     node = _node(new["params"], edge.consumer)
     if "bias" in node:
         node["bias"] = _shifted(node["bias"], delta)
