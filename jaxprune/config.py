@@ -11,13 +11,13 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import ml_collections
 
 from jaxprune.errors import ConfigError
 
-__all__ = ["load_config", "apply_overrides", "parse_value"]
+__all__ = ["load_config", "apply_overrides", "parse_value", "field_or_default"]
 
 
 def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -108,3 +108,20 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
         with node.ignore_type():
             node[parts[-1]] = value
     return config
+
+
+def field_or_default(config: Any, name: str, defaults: Mapping[str, Any], *,
+                     none_allowed: Iterable[str] = ()) -> Any:
+    """``config[name]`` from a ConfigDict, dict or object, falling back to ``defaults[name]``.
+
+    A ``None`` value also falls back, except for fields in ``none_allowed`` (where None means something,
+    e.g. ``max_depth=None`` = unlimited).
+
+    >>> field_or_default({'a': None}, 'a', {'a': 3}), field_or_default({}, 'b', {'b': 1})
+    (3, 1)
+    """
+    if isinstance(config, Mapping) or hasattr(config, "get"):
+        value = config.get(name, defaults[name])
+    else:
+        value = getattr(config, name, defaults[name])
+    return defaults[name] if value is None and name not in none_allowed else value

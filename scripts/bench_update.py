@@ -12,7 +12,6 @@ Usage: python scripts/bench_update.py [--steps 60]
 import argparse
 import json
 import statistics
-import time
 
 import jax
 import optax
@@ -21,18 +20,12 @@ from jaxprune.models import MLP, init_params
 from jaxprune.recipes import mask_update
 from jaxprune.train import constant, create_train_state, make_train_step, pruning
 
+from bench_step import _timer  # same timing loop (scripts/ is on sys.path when run as a script)
+
 
 def _median_step(step, state, x, y, n):
-    for _ in range(5):
-        state, loss, _ = step(state, x, y)
-    loss.block_until_ready()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        state, loss, _ = step(state, x, y)
-        loss.block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    state, _ = _timer(step, state, x, y, 5)  # warm-up
+    return statistics.median(_timer(step, state, x, y, n)[1])
 
 
 def case(features, in_dim, batch, steps):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from jaxprune.dtree.cart import _CLASSIFICATION, fit_tree
 from jaxprune.dtree.masks import full_mask, n_active, n_leaves
 from jaxprune.dtree.predict import predict
 from jaxprune.dtree.pruning import prune, reduced_error_prune, select_ccp_alpha
+from jaxprune.config import field_or_default
 from jaxprune.errors import ConfigError
 
 DATASETS = ("digits", "breast_cancer")
@@ -40,11 +41,7 @@ _DEFAULTS = {
 
 
 def _field(config: Any, name: str) -> Any:
-    if isinstance(config, Mapping) or hasattr(config, "get"):
-        value = config.get(name, _DEFAULTS[name])
-    else:
-        value = getattr(config, name, _DEFAULTS[name])
-    return _DEFAULTS[name] if value is None and name != "max_depth" else value
+    return field_or_default(config, name, _DEFAULTS, none_allowed=("max_depth",))
 
 
 def _read_config(config: Any) -> dict:

@@ -12,12 +12,13 @@ training (dense, fine-tuning) and the saliency gradients use the training split 
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import numpy as np
 
 from jaxprune.counts import check_sparsity_value
+from jaxprune.config import field_or_default
 from jaxprune.errors import ConfigError
 from jaxprune.masks import summary
 from jaxprune.svm.model import LOSSES, accuracy, fit_scaler, fit_svm, standardize
@@ -42,11 +43,7 @@ _DEFAULTS = {
 
 
 def _get(config: Any, name: str) -> Any:
-    if isinstance(config, Mapping) or hasattr(config, "get"):
-        value = config.get(name, _DEFAULTS[name])
-    else:
-        value = getattr(config, name, _DEFAULTS[name])
-    return _DEFAULTS[name] if value is None else value
+    return field_or_default(config, name, _DEFAULTS)
 
 
 def _is_int(v: Any) -> bool:
