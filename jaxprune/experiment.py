@@ -27,7 +27,8 @@ from jaxprune.recipes import check_names, parse_structure, select_masks
 from jaxprune.scores import compute_scores, get_scorer
 from jaxprune.train import create_train_state, evaluate, fit, masked
 
-__all__ = ["train_and_evaluate", "resolve_dataset", "Run", "METHODS", "register_method"]
+__all__ = ["train_and_evaluate", "resolve_dataset", "Run", "METHODS", "register_method", "make_run",
+           "result_fields", "prune_params"]
 
 
 class Run(NamedTuple):
@@ -159,9 +160,14 @@ def one_shot(run: Run) -> dict:
             "pruned_test_accuracy": pruned_acc, "masks": masks}
 
 
-def _nn_run(config: Any) -> dict:
+def make_run(config: Any) -> Run:
+    """Validates an ``nn`` config, loads its data and initialises its model (no training yet)."""
     _validate(config)
     dataset = resolve_dataset(config.dataset, config.get("data_dir"))
+    if dataset != config.dataset:
+        config = config.copy_and_resolve_references()
+        with config.unlocked():
+            config.dataset = dataset
     info = jdata.dataset_info(dataset, config.get("data_dir"))
     train = jdata.load(dataset, "train", config.get("data_dir"),
                        validation_size=config.get("validation_size", 0), seed=config.seed)
@@ -169,8 +175,13 @@ def _nn_run(config: Any) -> dict:
     model = get_model(config.model, info.num_classes)
     key = jax.random.PRNGKey(config.seed)
     variables = init_params(model, jax.random.fold_in(key, 0), (1, *train[0].shape[1:]))
-    run = Run(config, model, variables, train, test, jax.random.fold_in(key, 1))
-    out = METHODS[config.method](run)
+    return Run(config, model, variables, train, test, jax.random.fold_in(key, 1))
+
+
+def result_fields(run: Run, out: dict) -> dict:
+    """The ``result.json`` fields of a finished method ``out`` (consumes params/masks/model_state)."""
+    config = run.config
+    out = dict(out)
     final_acc = out.pop("test_accuracy", None)
     if final_acc is None:
         final_acc = _acc(run, out["params"], out["model_state"])
@@ -179,7 +190,7 @@ def _nn_run(config: Any) -> dict:
     s = summary(params)
     # `sparsity` is structural (the masks); `value_sparsity` also counts kept weights that are 0.
     ms = summary(masks)
-    return {"dataset": dataset, "model": config.model, "method": config.method,
+    return {"dataset": config.dataset, "model": config.model, "method": config.method,
             "scorer": config.scorer, "allocation": config.allocation, "structure": config.structure,
             "target_sparsity": float(config.sparsity), "sparsity": ms.prunable["sparsity"],
             "value_sparsity": s.prunable["sparsity"],
@@ -187,6 +198,11 @@ def _nn_run(config: Any) -> dict:
             "prunable_params": s.prunable["size"], "prunable_nonzero": s.prunable["nonzero"],
             "bytes_dense": s.total["bytes"], "test_accuracy": final_acc, "seed": config.seed,
             "epochs": config.epochs, "finetune_epochs": config.finetune_epochs, **out}
+
+
+def _nn_run(config: Any) -> dict:
+    run = make_run(config)
+    return result_fields(run, METHODS[run.config.method](run))
 
 
 def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict:

@@ -35,5 +35,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.imp_output_rate = 0.1  # IMP: per-round rate of the output layer
     config.rewind_epoch = 0  # IMP: 0 rewinds to init; e > 0 rewinds to the end of epoch e
     config.pai_rounds = 100  # SynFlow iterations
+    # Neuron/channel pruning (structure=neurons|channels): see docs/shrink.md.
+    config.criterion = "none"  # entropy | apoz | hoyer | stability | variance | l1 | l2 | taylor
+    config.calibration_batches = 10  # batches of training data for activation statistics
+    config.shrink = False  # physically remove the pruned units (smaller model, fewer FLOPs)
+    config.mean_replacement = False  # fold removed units' mean activation into the next bias
+    config.latency_batch = 256  # batch size of the latency measurement
+    # Quantization and precision: see docs/quantization.md.
+    config.quantize = "none"  # int8 | int4 (post-training, per output channel, zeros stay zero)
+    config.qat_epochs = 0  # pruning-preserving quantization-aware fine-tuning epochs
+    config.precision = "f32"  # bf16 | f16 compute (params stay float32)
+    # Scale-out and preemption: see docs/scale.md.
+    config.mesh = ""  # e.g. 'data:4' (data-parallel over 4 devices); '' = default device
+    config.checkpoint_every = 0  # steps between checkpoints in workdir/checkpoints (0 = off)
     config.progress = True
     return config
