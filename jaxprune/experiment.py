@@ -28,7 +28,7 @@ from jaxprune.scores import compute_scores, get_scorer
 from jaxprune.train import create_train_state, evaluate, fit, masked
 
 __all__ = ["train_and_evaluate", "resolve_dataset", "Run", "METHODS", "register_method", "make_run",
-           "result_fields", "prune_params"]
+           "result_fields", "cost_fields", "prune_params"]
 
 
 class Run(NamedTuple):
@@ -91,6 +91,44 @@ def _validate(config: Any) -> None:
         raise ConfigError(f"method={config.method!r} is unknown; known: {sorted(METHODS)}")
     check_names(config.scorer, config.allocation)
     parse_structure(config.structure)
+    _validate_stages(config)
+
+
+def _validate_stages(config: Any) -> None:
+    """Neuron, quantization and precision fields, checked before any data is loaded."""
+    from jaxprune.methods.quantized import BITS
+    from jaxprune.neurons import CRITERIA
+    from jaxprune.quant import get_policy
+
+    g = config.get
+    if g("criterion", "none") not in ("none", *CRITERIA):
+        raise ConfigError(f"config field 'criterion' must be one of {['none', *sorted(CRITERIA)]}, "
+                          f"got {g('criterion')!r}")
+    for key in ("shrink", "mean_replacement"):
+        if not isinstance(g(key, False), bool):
+            raise ConfigError(f"config field {key!r} must be true or false, got {g(key)!r}")
+    if g("mean_replacement", False) and not g("shrink", False):
+        raise ConfigError("config field 'mean_replacement' needs shrink=true (the removed units' mean "
+                          "is folded into the next layer of the shrunk model)")
+    if (g("shrink", False) or g("criterion", "none") != "none") and g("structure") not in (
+            "neurons", "channels"):
+        raise ConfigError("config fields 'shrink' and 'criterion' need structure=neurons or channels, "
+                          f"got structure={g('structure')!r}")
+    for key, low in (("calibration_batches", 1), ("qat_epochs", 0), ("latency_batch", 0)):
+        v = g(key, low)
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            raise ConfigError(f"config field {key!r} must be an integer >= {low}, got {v!r}")
+    if g("quantize", "none") not in BITS:
+        raise ConfigError(f"config field 'quantize' must be one of {sorted(BITS)}, got {g('quantize')!r}")
+    if g("qat_epochs", 0) and g("quantize", "none") == "none":
+        raise ConfigError("config field 'qat_epochs' needs quantize=int8 or int4")
+    if g("quantize", "none") != "none" and g("shrink", False):
+        raise ConfigError("quantize with shrink=true is not supported: quantize the shrunk model with "
+                          "jaxprune.quant.quantize")
+    try:
+        get_policy(g("precision", "f32"))
+    except ValueError as err:
+        raise ConfigError(f"config field 'precision': {err}") from err
 
 
 def _score_grads(run: Run, params: Any, model_state: Any, batches: int = 1) -> Any:
@@ -119,10 +157,11 @@ def prune_params(run: Run, params: Any, model_state: Any, sparsity: float) -> An
                         structure=parse_structure(c.structure))
 
 
-def _fit(run: Run, state, tx, epochs: int, first_epoch: int, desc: str):
+def _fit(run: Run, state, tx, epochs: int, first_epoch: int, desc: str, loss_transform=None):
     c = run.config
     return fit(run.model, state, tx, *run.train, epochs=epochs, batch_size=c.batch_size, seed=c.seed,
-               first_epoch=first_epoch, desc=desc, progress=c.get("progress", True))
+               first_epoch=first_epoch, desc=desc, progress=c.get("progress", True),
+               loss_transform=loss_transform)
 
 
 def _acc(run: Run, params: Any, model_state: Any) -> float:
@@ -141,8 +180,15 @@ def dense_only(run: Run) -> dict:
 
 @register_method("one_shot")
 def one_shot(run: Run) -> dict:
-    """Train dense, prune once to the target with the configured scorer, fine-tune with fixed masks."""
+    """Train dense, prune once to the target with the configured scorer, fine-tune with fixed masks.
+
+    With ``structure=neurons|channels`` the run goes to
+    :func:`jaxprune.methods.structured.structured_one_shot` (unit criteria, optional shrink).
+    """
     c = run.config
+    if c.structure in ("neurons", "channels"):
+        from jaxprune.methods.structured import structured_one_shot
+        return structured_one_shot(run)
     tx = optax.adam(c.learning_rate)
     state, _ = _fit(run, create_train_state(run.variables, tx), tx, c.epochs, 0, "dense")
     dense_acc = _acc(run, state.params, state.model_state)
@@ -178,18 +224,59 @@ def make_run(config: Any) -> Run:
     return Run(config, model, variables, train, test, jax.random.fold_in(key, 1))
 
 
+def cost_fields(run: Run, out: dict) -> dict:
+    """Cost of the dense and the final model: XLA FLOPs and nonzero MACs of one example's forward,
+    parameter count and bytes, and (``latency_batch > 0``) median forward latency in ms."""
+    from jaxprune.shrink import flops, latency_ms, macs, param_bytes, param_count
+
+    shape = run.train[0].shape[1:]
+    dense_vars = run.variables
+    final_model = out.get("final_model", run.model)
+    final_vars = out.get("final_variables", {"params": out["params"], **out["model_state"]})
+    # Costs are those of the float32 linen model (a precision policy is not part of the count).
+    fields = {"flops_dense": flops(_linen(run.model), dense_vars, shape),
+              "flops_final": flops(_linen(final_model), final_vars, shape),
+              "macs_dense": macs(_linen(run.model), dense_vars, shape),
+              "macs_nonzero_final": macs(_linen(final_model), final_vars, shape, nonzero=True),
+              "params_final": param_count(final_vars["params"]),
+              "bytes_final": param_bytes(final_vars["params"])}
+    batch = int(run.config.get("latency_batch", 0) or 0)
+    if batch > 0:
+        fields["latency_dense_ms"] = latency_ms(_linen(run.model), dense_vars, shape, batch=batch,
+                                                repeats=30)
+        fields["latency_final_ms"] = latency_ms(_linen(final_model), final_vars, shape, batch=batch,
+                                                repeats=30)
+        fields["latency_batch"] = batch
+    return fields
+
+
+def _linen(model: Any) -> Any:
+    return getattr(model, "inner", model)
+
+
 def result_fields(run: Run, out: dict) -> dict:
-    """The ``result.json`` fields of a finished method ``out`` (consumes params/masks/model_state)."""
+    """The ``result.json`` fields of a finished method ``out`` (consumes params/masks/model_state).
+
+    Fields that ``out`` sets itself (e.g. a shrunk run's ``nonzero_params``) win over the defaults.
+    """
+    from jaxprune.methods.quantized import BITS
+    from jaxprune.quant import size_report
+
     config = run.config
     out = dict(out)
     final_acc = out.pop("test_accuracy", None)
     if final_acc is None:
         final_acc = _acc(run, out["params"], out["model_state"])
+    costs = cost_fields(run, out)
+    out.pop("final_model", None)
+    final_vars = out.pop("final_variables", None)
     params, masks = out.pop("params"), out.pop("masks")
     out.pop("model_state")
     s = summary(params)
     # `sparsity` is structural (the masks); `value_sparsity` also counts kept weights that are 0.
     ms = summary(masks)
+    bits = BITS.get(config.get("quantize", "none")) or 8
+    stored = final_vars["params"] if final_vars is not None else params
     return {"dataset": config.dataset, "model": config.model, "method": config.method,
             "scorer": config.scorer, "allocation": config.allocation, "structure": config.structure,
             "target_sparsity": float(config.sparsity), "sparsity": ms.prunable["sparsity"],
@@ -197,28 +284,40 @@ def result_fields(run: Run, out: dict) -> dict:
             "total_params": s.total["size"], "nonzero_params": s.total["nonzero"],
             "prunable_params": s.prunable["size"], "prunable_nonzero": s.prunable["nonzero"],
             "bytes_dense": s.total["bytes"], "test_accuracy": final_acc, "seed": config.seed,
-            "epochs": config.epochs, "finetune_epochs": config.finetune_epochs, **out}
+            "epochs": config.epochs, "finetune_epochs": config.finetune_epochs,
+            "precision": config.get("precision", "f32"),
+            "bytes": size_report(jax.device_get(stored), quantized_bits=bits), **costs, **out}
 
 
 def _nn_run(config: Any) -> dict:
-    run = make_run(config)
-    return result_fields(run, METHODS[run.config.method](run))
+    from jaxprune.methods.quantized import quantize_stage, with_precision
+
+    run = with_precision(make_run(config))
+    out = quantize_stage(run, METHODS[run.config.method](run))
+    return result_fields(run, out)
 
 
 def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict:
     """Runs the experiment ``config`` and writes ``workdir/result.json``; returns the result dict."""
+    from jaxprune.train.context import run_context_for
+
     start = time.perf_counter()
     kind = config.get("kind", "nn")
-    if kind == "nn":
-        result = _nn_run(config)
-    elif kind == "tree":
-        from jaxprune.dtree.experiment import run_tree
-        result = run_tree(config)
-    elif kind == "svm":
-        from jaxprune.svm.experiment import run_svm
-        result = run_svm(config)
-    else:
-        raise ConfigError(f"config field 'kind' must be 'nn', 'svm' or 'tree', got {kind!r}")
+    # Mesh and checkpoints (config fields `mesh`, `checkpoint_every`) reach every fit call of the run
+    # through this context; each fit call is one resumable phase (docs/scale.md).
+    with run_context_for(config, workdir) as ctx:
+        if kind == "nn":
+            result = _nn_run(config)
+        elif kind == "tree":
+            from jaxprune.dtree.experiment import run_tree
+            result = run_tree(config)
+        elif kind == "svm":
+            from jaxprune.svm.experiment import run_svm
+            result = run_svm(config)
+        else:
+            raise ConfigError(f"config field 'kind' must be 'nn', 'svm' or 'tree', got {kind!r}")
+    if ctx.sha256() is not None:
+        result["fit_sha256"] = ctx.sha256()  # final states (params, masks, ...) of all fit calls
     result["wall_s"] = round(time.perf_counter() - start, 3)
     result = {k: (float(v) if isinstance(v, (np.floating, jnp.ndarray)) else v) for k, v in result.items()}
     os.makedirs(workdir, exist_ok=True)

@@ -1,0 +1,140 @@
+"""Neuron/channel pruning for ``jaxprune run structure=neurons|channels``: score units, remove them.
+
+``one_shot`` hands a run here when its structure is ``neurons`` or ``channels``:
+
+1. train dense for ``epochs``;
+2. score every *hidden* unit (the output layer's units are the classes and are never pruned) with
+   ``criterion`` — ``entropy``, ``apoz``, ``hoyer``, ``stability``, ``variance`` from activation
+   statistics over ``calibration_batches`` training batches, or ``l1``, ``l2``, ``taylor`` from the
+   weights (``criterion=none`` means ``l2``, the filter-norm baseline of Li et al. 2017);
+3. remove ``round_half_even(sparsity * units)`` units of each prunable layer (never all of them);
+4. ``shrink=true``: rebuild a smaller model (:func:`jaxprune.shrink.shrink`), optionally folding the
+   removed units' mean activation into the next layer's bias (``mean_replacement=true``, Mean
+   Replacement Pruning); else mask the units' weights, bias and norm parameters (same function);
+5. fine-tune ``finetune_epochs`` (the small model is dense: plain Adam; the masked one: masked Adam).
+
+The result adds ``criterion``, ``units_kept`` per layer, ``params_final`` (the real parameter count
+of the final model) and the cost fields every run gets (``flops_*``, ``latency_*``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from jaxprune import data as jdata
+from jaxprune.errors import ConfigError
+from jaxprune.experiment import Run, _acc, _fit, _score_grads
+from jaxprune.masks import apply_masks, summary
+from jaxprune.neurons import CRITERIA, collect_activation_stats, get_criterion
+from jaxprune.shrink import plan_for, removal_masks, shrink, unit_masks_from_scores
+from jaxprune.methods.quantized import rewrap, unwrap
+from jaxprune.train import create_train_state, masked
+
+__all__ = ["structured_one_shot", "unit_scores", "STRUCTURED"]
+
+STRUCTURED = ("neurons", "channels")
+
+
+def _model_kwargs(model: Any) -> dict:
+    takes_train = "train" in inspect.signature(type(model).__call__).parameters
+    return {"train": False} if takes_train else {}
+
+
+def _calibration(run: Run) -> list:
+    c = run.config
+    n = int(c.calibration_batches)
+    if n < 1:
+        raise ConfigError(f"config field 'calibration_batches' must be >= 1, got {n}")
+    it = jdata.batches(*run.train, c.batch_size, seed=c.seed + 10_007, epoch=0)
+    return [b.images for _, b in zip(range(n), it)]
+
+
+def unit_scores(run: Run, params: Any, model_state: Any, criterion: str,
+                layers: tuple[str, ...]) -> tuple[dict, dict | None]:
+    """``({layer: (units,) scores}, activation stats or None)`` for the prunable ``layers``.
+
+    Example (inside a run): ``unit_scores(run, params, {}, 'apoz', ('Dense_0', 'Dense_1'))``.
+    """
+    name = "l2" if criterion == "none" else criterion
+    if name not in CRITERIA:
+        raise ConfigError(f"config field 'criterion' must be one of {['none', *sorted(CRITERIA)]}, "
+                          f"got {criterion!r}")
+    inputs = CRITERIA[name].inputs
+    stats = None
+    if "stats" in inputs or run.config.mean_replacement:
+        variables = {"params": params, **model_state}
+        base = unwrap(run.model)
+        stats = collect_activation_stats(base, variables, _calibration(run), **_model_kwargs(base))
+    given: dict[str, Any] = {}
+    if "stats" in inputs:
+        given["stats"] = stats
+    if "params" in inputs:
+        given["params"] = params
+        given["layers"] = layers
+    if "grads" in inputs:
+        given["grads"] = _score_grads(run, params, model_state, batches=int(run.config.calibration_batches))
+    scores = get_criterion(name)(**given)
+    missing = sorted(set(layers) - set(scores))
+    if missing:
+        raise ConfigError(f"criterion {name!r} gave no scores for prunable layers {missing}")
+    return {k: scores[k] for k in layers}, stats
+
+
+def structured_one_shot(run: Run) -> dict:
+    """Train dense, remove the lowest-scoring units of each hidden layer, (shrink,) fine-tune."""
+    c = run.config
+    if c.mean_replacement and not c.shrink:
+        raise ConfigError("config field 'mean_replacement' needs shrink=true (the removed units' mean "
+                          "is folded into the next layer of the shrunk model)")
+    base = unwrap(run.model)
+    plan = plan_for(base)  # raises a clear error for unsupported architectures
+    layers = tuple(e.layer for e in plan.edges)
+    tx = optax.adam(c.learning_rate)
+    state, _ = _fit(run, create_train_state(run.variables, tx), tx, c.epochs, 0, "dense")
+    params, model_state = state.params, state.model_state
+    dense_acc = _acc(run, params, model_state)
+    scores, stats = unit_scores(run, params, model_state, c.criterion, layers)
+    keep = unit_masks_from_scores(scores, float(c.sparsity))
+    # Structural masks over the original model: what the shrunk model removes, element by element.
+    masks = removal_masks(base, params, keep)
+    out: dict[str, Any] = {"criterion": "l2" if c.criterion == "none" else c.criterion,
+                           "units_kept": {k: int(v.sum()) for k, v in keep.items()},
+                           "units_total": {k: int(v.size) for k, v in keep.items()},
+                           "dense_test_accuracy": dense_acc, "shrunk": bool(c.shrink),
+                           "mean_replacement": bool(c.mean_replacement)}
+    if not c.shrink:
+        pruned = apply_masks(params, masks)
+        out["pruned_test_accuracy"] = _acc(run, pruned, model_state)
+        if c.finetune_epochs:
+            ft = masked(optax.adam(c.get("finetune_learning_rate") or c.learning_rate), masks)
+            st = create_train_state({"params": pruned, **model_state}, ft)
+            st, _ = _fit(run, st, ft, c.finetune_epochs, c.epochs, "finetune")
+            pruned, model_state = st.params, st.model_state
+        return {**out, "params": pruned, "model_state": model_state, "masks": masks}
+
+    means = {k: stats[k] for k in layers} if c.mean_replacement else None
+    small_model, small = shrink(base, {"params": params, **model_state}, keep,
+                                mean_replacement=means, input_shape=run.train[0].shape[1:])
+    small_model = rewrap(run.model, small_model)
+    small_params = small["params"]
+    small_state = {k: v for k, v in small.items() if k != "params"}
+    small_run = run._replace(model=small_model)
+    out["pruned_test_accuracy"] = _acc(small_run, small_params, small_state)
+    if c.finetune_epochs:
+        ft = optax.adam(c.get("finetune_learning_rate") or c.learning_rate)
+        st = create_train_state(small, ft)
+        st, _ = _fit(small_run, st, ft, c.finetune_epochs, c.epochs, "finetune")
+        small_params, small_state = st.params, st.model_state
+    test_acc = _acc(small_run, small_params, small_state)
+    ss = summary(small_params)
+    # Totals are those of the original model with the removed units counted as zeros, so that a
+    # shrunk run and a masked run of the same config report the same sparsity; `params_final` is the
+    # real size of the model that is left.
+    return {**out, "params": apply_masks(params, masks), "model_state": model_state, "masks": masks,
+            "final_model": small_model, "final_variables": small, "test_accuracy": test_acc,
+            "nonzero_params": ss.total["nonzero"], "params_final": ss.total["size"]}

@@ -1,0 +1,82 @@
+"""`jaxprune run structure=neurons ...`: unit criteria, masked vs shrunk, cost fields, errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxprune.cli import main
+from jaxprune.config import apply_overrides, load_config
+from jaxprune.errors import ConfigError
+from jaxprune.experiment import train_and_evaluate
+
+BASE = ["dataset=digits", "epochs=1", "finetune_epochs=0", "structure=neurons", "sparsity=0.5",
+        "progress=False", "latency_batch=0", "calibration_batches=2"]
+
+
+def _run(tmp_path, *overrides, model="experiments/configs/seed_mlp.py"):
+    config = apply_overrides(load_config(model), [*BASE, *overrides])
+    return train_and_evaluate(config, tmp_path)
+
+
+@pytest.mark.parametrize("criterion", ["entropy", "apoz", "hoyer", "stability", "l2"])
+def test_each_criterion_shrinks_hidden_layers_only(tmp_path, criterion):
+    r = _run(tmp_path, f"criterion={criterion}", "shrink=true", "sparsity=0.75")
+    # The 128 hidden units lose exactly 96; the 10 outputs are never touched.
+    assert r["units_kept"] == {"Dense_0": 32}
+    # Real size of the shrunk 64-32-10 model (digits are 8x8).
+    assert r["params_final"] == 64 * 32 + 32 + 32 * 10 + 10
+    assert r["flops_final"] < 0.5 * r["flops_dense"]
+    assert r["criterion"] == criterion and r["shrunk"] is True
+    assert json.loads((tmp_path / "result.json").read_text())["params_final"] == r["params_final"]
+
+
+def test_shrunk_equals_masked_before_finetuning(tmp_path):
+    masked = _run(tmp_path / "m", "criterion=apoz", "shrink=false")
+    shrunk = _run(tmp_path / "s", "criterion=apoz", "shrink=true")
+    assert masked["pruned_test_accuracy"] == shrunk["pruned_test_accuracy"]
+    assert masked["units_kept"] == shrunk["units_kept"]
+    assert masked["params_final"] == masked["total_params"]  # a masked model keeps its shapes
+    assert shrunk["params_final"] < shrunk["total_params"]
+    assert masked["sparsity"] == shrunk["sparsity"] > 0
+
+
+def test_mean_replacement_changes_the_pruned_model(tmp_path):
+    plain = _run(tmp_path / "p", "criterion=l2", "shrink=true", "sparsity=0.75")
+    mr = _run(tmp_path / "m", "criterion=l2", "shrink=true", "sparsity=0.75", "mean_replacement=true")
+    assert plain["params_final"] == mr["params_final"]
+    assert mr["mean_replacement"] is True
+    # Same units removed; the folded bias changes the outputs (accuracy may move either way on 1 epoch).
+    assert plain["units_kept"] == mr["units_kept"]
+
+
+def test_finetuned_shrunk_model_and_latency_fields(tmp_path):
+    r = _run(tmp_path, "criterion=hoyer", "shrink=true", "finetune_epochs=1", "latency_batch=32")
+    assert r["units_kept"] == {"Dense_0": 64}
+    assert r["latency_dense_ms"] > 0 and r["latency_final_ms"] > 0 and r["latency_batch"] == 32
+    assert 0.0 <= r["test_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["criterion=nope"], "criterion"),
+    (["criterion=l2", "mean_replacement=true"], "shrink=true"),
+    (["criterion=entropy", "calibration_batches=0"], "calibration_batches"),
+    (["criterion=l2", "structure=unstructured"], "structure=neurons"),
+    (["criterion=l2", "shrink=true", "quantize=int8"], "shrink"),
+])
+def test_bad_structured_configs(tmp_path, overrides, match, monkeypatch):
+    import jaxprune.experiment as ex
+
+    monkeypatch.setattr(ex.jdata, "load", lambda *a, **k: pytest.fail("validated after loading data"))
+    with pytest.raises(ConfigError, match=match):
+        _run(tmp_path, *overrides)
+
+
+def test_cli_acceptance_command_shape(tmp_path, capsys):
+    rc = main(["run", "experiments/configs/lenet300.py", *BASE, "criterion=stability", "shrink=true",
+               "--workdir", str(tmp_path)])
+    assert rc == 0
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert {"flops_dense", "flops_final", "params_final"} <= set(r)
+    # `sparsity` counts the removed units' own kernel columns (the masked-model view).
+    assert np.isclose(r["sparsity"], (64 * 150 + 300 * 50) / (64 * 300 + 300 * 100 + 100 * 10))
