@@ -112,3 +112,25 @@ def test_every_method_runs_and_hits_exact_sparsity(tmp_path, method):
     else:
         assert r["sparsity"] == pytest.approx(0.8, abs=2 / sum(kernels))
     assert 0.0 <= r["test_accuracy"] <= 1.0
+
+
+def test_rigl_leaves_erk_dense_layers_dense_and_keeps_exact_sparsity(tmp_path):
+    # LeNet-300-100 on 28x28 input at 90 % under ERK: the 100x10 output layer is dense; RigL must
+    # update only the sparse layers (Evci et al. 2020) and keep the exact nonzero count.
+    from jaxprune.allocate import erk_sparsity
+    from jaxprune.data import load
+    from jaxprune.errors import DataError
+    from jaxprune.models import init_params, lenet300
+
+    try:
+        load("fashion_mnist", "test")
+    except DataError:
+        pytest.skip("Fashion-MNIST files not installed (apt-get install dataset-fashion-mnist)")
+    v = init_params(lenet300(), jax.random.PRNGKey(0), (1, 28, 28, 1))
+    assert float(erk_sparsity(v["params"], 0.9)["Dense_2"]["kernel"]) == 0.0
+    rc = main(["run", "experiments/configs/lenet300.py", "dataset=fashion_mnist", "epochs=1",
+               "batch_size=512", "sparsity=0.9", "method=rigl", "update_every=20", "finetune_epochs=0",
+               "latency_batch=0", "--no-progress", "--workdir", str(tmp_path)])
+    assert rc == 0
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["prunable_nonzero"] == r["prunable_params"] - round(0.9 * r["prunable_params"])

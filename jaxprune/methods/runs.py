@@ -119,7 +119,13 @@ def _sparse_from_init(run: Run, update=None, schedule=None) -> dict:
     masks = random_sparse_masks(run.variables["params"], c.sparsity, jax.random.fold_in(run.key, 3),
                                 allocation="erk" if c.allocation in ("erk", "global") else "uniform")
     if update is not None:
-        check_room_to_regrow(masks, run.variables["params"])
+        # Leaves that the allocation leaves dense (ERK keeps small layers dense) stay dense and are
+        # not updated, as in Evci et al. 2020; only leaves with zeros drop and regrow.
+        paths = leaf_paths(masks)
+        sparse = [p for p, m in zip(paths, jax.tree.leaves(masks)) if not bool(m.all())]
+        if not sparse:
+            check_room_to_regrow(masks, run.variables["params"])  # raises: nothing to regrow into
+        update = update(sparse)
     tx = pruning(optax.adam(c.learning_rate), update_masks=update, schedule=schedule,
                  initial_masks=masks, seed=c.seed)
     state = _train_with(run, tx, c.method)
@@ -135,7 +141,8 @@ def static_sparse(run: Run) -> dict:
 def _dst(run: Run, regrow: str) -> dict:
     c = run.config
     end = max(1, int(c.prune_end * c.epochs * _steps_per_epoch(run)))
-    return _sparse_from_init(run, dst_update(regrow, c.drop_fraction, end),
+    return _sparse_from_init(run, lambda include: dst_update(regrow, c.drop_fraction, end,
+                                                             include=include),
                              dst_schedule(c.sparsity, every=c.update_every, end=end))
 
 
