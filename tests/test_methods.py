@@ -134,3 +134,15 @@ def test_rigl_leaves_erk_dense_layers_dense_and_keeps_exact_sparsity(tmp_path):
     assert rc == 0
     r = json.loads((tmp_path / "result.json").read_text())
     assert r["prunable_nonzero"] == r["prunable_params"] - round(0.9 * r["prunable_params"])
+
+
+def test_grasp_temperature_makes_the_digits_mlp_trainable(tmp_path):
+    # GraSP at T=1 on this MLP trains to chance (dead ReLUs); the authors' T=200 trains.
+    accs = {}
+    for t in (1.0, 200.0):
+        rc = main(["run", "experiments/configs/seed_mlp.py", "dataset=digits", "epochs=3",
+                   "sparsity=0.9", "method=grasp", f"grasp_temperature={t}", "latency_batch=0",
+                   "--no-progress", "--workdir", str(tmp_path / str(t))])
+        assert rc == 0
+        accs[t] = json.loads((tmp_path / str(t) / "result.json").read_text())["test_accuracy"]
+    assert accs[1.0] < 0.2 < 0.35 < accs[200.0]

@@ -35,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.imp_output_rate = 0.1  # IMP: per-round rate of the output layer
     config.rewind_epoch = 0  # IMP: 0 rewinds to init; e > 0 rewinds to the end of epoch e
     config.pai_rounds = 100  # SynFlow iterations
+    config.grasp_temperature = 200.0  # GraSP: logits / T before the Hessian (the authors' T = 200)
     # Neuron/channel pruning (structure=neurons|channels): see docs/shrink.md.
     config.criterion = "none"  # entropy | apoz | hoyer | stability | variance | l1 | l2 | taylor
     config.calibration_batches = 10  # batches of training data for activation statistics

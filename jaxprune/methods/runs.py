@@ -244,8 +244,15 @@ def _pai(run: Run, which: str) -> dict:
     else:
         b = next(iter(batches(*run.train, c.batch_size, seed=c.seed, epoch=0)))
 
+        # GraSP's Hessian is taken at softened logits (z / T, T = 200 in the authors' code); with
+        # T = 1 its masks keep mostly positive first-layer weights and the MLP trains to chance.
+        temp = float(c.get("grasp_temperature", 200.0)) if which == "grasp" else 1.0
+        if temp <= 0:
+            raise ConfigError(f"config field 'grasp_temperature' must be > 0, got {temp}")
+
         def loss(p):
-            return optax.softmax_cross_entropy_with_integer_labels(logits(p, b.images), b.labels).mean()
+            z = logits(p, b.images) / temp
+            return optax.softmax_cross_entropy_with_integer_labels(z, b.labels).mean()
 
         scores = (snip_scores if which == "snip" else grasp_scores)(loss, params)
         masks = select_masks(params, scores, c.sparsity, allocation=c.allocation,
