@@ -1,3 +1,5 @@
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +10,7 @@ from flax import nnx
 import jaxprune as jp
 from jaxprune.recipes import mask_update
 from jaxprune.train import (PruningState, constant, create_train_state, evaluate, fit, get_masks, iterative,
-                            masked, one_shot, polynomial, pruning)
+                            make_train_step, masked, one_shot, polynomial, pruning)
 from jaxprune.models import MLP, init_params
 
 from helpers import TinyNnx, linen_params
@@ -133,3 +135,35 @@ def test_pruning_state_is_a_pytree_of_arrays():
     st = tx.init(linen_params())
     assert isinstance(st, PruningState)
     assert all(hasattr(x, "shape") for x in jax.tree.leaves(st))
+
+
+def test_snapshot_copies_params_after_exactly_k_jitted_steps():
+    from jaxprune.train.transform import get_snapshot, snapshot
+
+    model = MLP((6, 3))
+    v = init_params(model, jax.random.PRNGKey(0), (1, 4))
+    x = jax.random.normal(jax.random.PRNGKey(1), (8, 4))
+    y = jnp.arange(8) % 3
+    tx = snapshot(masked(optax.adam(1e-2), jax.tree.map(lambda p: p == p, v["params"])), 3)
+    step = make_train_step(model, tx)
+    st = create_train_state(v, tx)
+    seen = []
+    for _ in range(6):
+        seen.append(st.params)
+        st, _, _ = step(st, x, y)
+    for a, b in zip(jax.tree.leaves(get_snapshot(st.opt_state)), jax.tree.leaves(seen[3])):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(jp.PruningError, match="step"):
+        snapshot(optax.sgd(1.0), -1)
+
+
+def test_imp_late_rewinding_by_step_runs_and_checks_range(tmp_path):
+    from jaxprune.cli import main
+
+    base = ["run", "experiments/configs/seed_mlp.py", "dataset=digits", "epochs=1", "sparsity=0.36",
+            "method=imp", "latency_batch=0", "--no-progress"]
+    assert main([*base, "rewind_step=7", "--workdir", str(tmp_path / "a")]) == 0
+    r = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert r["imp_rounds"] == 2 and r["sparsity"] == pytest.approx(0.36, abs=1e-3)
+    assert main([*base, "rewind_step=100000", "--workdir", str(tmp_path / "b")]) == 2
+    assert main([*base, "rewind_step=3", "rewind_epoch=1", "--workdir", str(tmp_path / "c")]) == 2

@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.imp_rate = 0.2  # IMP: fraction of remaining weights pruned per round (hidden layers)
     config.imp_output_rate = 0.1  # IMP: per-round rate of the output layer
     config.rewind_epoch = 0  # IMP: 0 rewinds to init; e > 0 rewinds to the end of epoch e
+    config.rewind_step = 0  # IMP: k > 0 rewinds to the params after k steps (Frankle et al. 2020)
     config.pai_rounds = 100  # SynFlow iterations
     config.grasp_temperature = 200.0  # GraSP: logits / T before the Hessian (the authors' T = 200)
     # Neuron/channel pruning (structure=neurons|channels): see docs/shrink.md.

@@ -34,6 +34,7 @@ from jaxprune.recipes import mask_update, parse_structure, select_masks
 from jaxprune.select import topk_masks
 from jaxprune.scores import magnitude_scores
 from jaxprune.train import create_train_state, fit, get_masks, masked, polynomial, pruning
+from jaxprune.train.transform import get_snapshot, snapshot
 from jaxprune.train.loop import _call
 
 __all__ = ["imp_rounds"]
@@ -171,6 +172,22 @@ def imp_rounds(target: float, rate: float) -> int:
     return max(1, math.ceil(math.log(1 - min(target, 1 - 1e-12)) / math.log(1 - rate) - 1e-9))
 
 
+def _rewind_step(run: Run) -> int:
+    """The step survivors rewind to: ``rewind_step``, or ``rewind_epoch`` x steps per epoch."""
+    c = run.config
+    step, epoch = int(c.get("rewind_step", 0)), int(c.get("rewind_epoch", 0))
+    if step < 0 or epoch < 0:
+        raise ConfigError(f"config fields 'rewind_step' ({step}) and 'rewind_epoch' ({epoch}) must be >= 0")
+    if step and epoch:
+        raise ConfigError("set either config field 'rewind_step' or 'rewind_epoch', not both")
+    step = step or epoch * _steps_per_epoch(run)
+    total = c.epochs * _steps_per_epoch(run)
+    if step >= total:
+        raise ConfigError(f"config field 'rewind_step'/'rewind_epoch' points to step {step}, not "
+                          f"before the end of the first IMP round ({total} steps)")
+    return step
+
+
 def _imp(run: Run, rewind: bool) -> dict:
     c = run.config
     params0 = run.variables["params"]
@@ -185,19 +202,18 @@ def _imp(run: Run, rewind: bool) -> dict:
     masks = jax.tree.map(lambda x: x == x, params0)
     dense_acc = None
     state = create_train_state(run.variables, tx)
+    rewind_step = _rewind_step(run)
     for r in range(rounds + 1):
+        round_tx = masked(tx, masks)
+        if r == 0 and rewind_step > 0:  # late rewinding (Frankle et al. 2020): copy taken in-step
+            round_tx = snapshot(round_tx, rewind_step)
         st = create_train_state({"params": apply_masks(rewind_params, masks), **state.model_state},
-                                masked(tx, masks))
-        hook = None
-        if r == 0 and c.rewind_epoch > 0:
-            def hook(epoch, s):  # late rewinding (Frankle et al. 2020), at epoch granularity
-                nonlocal rewind_params
-                if epoch + 1 == c.rewind_epoch:
-                    rewind_params = s.params
-                return s
-        st, _ = fit(run.model, st, masked(tx, masks), *run.train, epochs=c.epochs,
+                                round_tx)
+        st, _ = fit(run.model, st, round_tx, *run.train, epochs=c.epochs,
                     batch_size=c.batch_size, seed=c.seed + r, desc=f"imp round {r}",
-                    progress=c.get("progress", True), on_epoch=hook)
+                    progress=c.get("progress", True))
+        if r == 0 and rewind_step > 0:
+            rewind_params = get_snapshot(st.opt_state)
         state = st
         if r == 0:
             dense_acc = _acc(run, st.params, st.model_state)

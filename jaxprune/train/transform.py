@@ -167,3 +167,55 @@ def get_masks(opt_state: Any) -> Any:
     if not found:
         raise PruningError("get_masks: the optimizer state holds no PruningState")
     return found[0].masks
+
+
+class SnapshotState(NamedTuple):
+    """State of :func:`snapshot`: the params seen at ``step`` (zeros until then) and a step counter."""
+
+    params: Any
+    count: jax.Array
+
+
+def snapshot(inner: optax.GradientTransformation, step: int) -> optax.GradientTransformation:
+    """``inner``, plus a copy of the params as they are after ``step`` updates (late rewinding).
+
+    Frankle et al. 2020 ("Linear Mode Connectivity and the Lottery Ticket Hypothesis") rewind lottery
+    tickets to iteration k of the first run, not to initialisation. The copy lives in the optimizer
+    state, so it is taken inside the jitted step at exactly the right update; read it with
+    :func:`get_snapshot`. ``step=0`` is the initial params.
+
+    >>> tx = snapshot(optax.sgd(1.0), step=1)
+    >>> p = {'w': jnp.array(1.0)}
+    >>> s = tx.init(p)
+    >>> for _ in range(3):
+    ...     u, s = tx.update({'w': jnp.array(1.0)}, s, p)
+    ...     p = optax.apply_updates(p, u)
+    >>> float(get_snapshot(s)['w']), float(p['w'])
+    (0.0, -2.0)
+    """
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise PruningError(f"snapshot: step must be an integer >= 0, got {step!r}")
+
+    def init(params):
+        return (inner.init(params), SnapshotState(jax.tree.map(jnp.asarray, params),
+                                                  jnp.zeros((), jnp.int32)))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise PruningError("snapshot: update needs params (the copy is of the params)")
+        inner_state, snap = state
+        take = snap.count == step
+        copy = jax.tree.map(lambda old, p: jnp.where(take, p, old), snap.params, params)
+        updates, inner_state = inner.update(updates, inner_state, params)
+        return updates, (inner_state, SnapshotState(copy, snap.count + 1))
+
+    return optax.GradientTransformation(init, update)
+
+
+def get_snapshot(opt_state: Any) -> Any:
+    """The params copied by the :func:`snapshot` in ``opt_state`` (searched depth-first)."""
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, SnapshotState))
+             if isinstance(s, SnapshotState)]
+    if not found:
+        raise PruningError("get_snapshot: opt_state holds no snapshot() state")
+    return found[0].params
