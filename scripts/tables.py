@@ -23,6 +23,8 @@ LENET = os.path.join(ROOT, "experiments", "configs", "lenet300.py")
 
 # Methods table: LeNet-300-100, 90 % sparsity, one seed, 3 training epochs (+1 fine-tune epoch for
 # methods that prune after training); IMP prunes 20 %/round (10 % output) for 11 rounds of 3 epochs.
+# The configs default to allocation=global; the `one_shot` row is the layerwise (uniform) variant.
+METHOD_EXTRA = {"one_shot": ["allocation=uniform"]}
 METHOD_ROWS = ["none", "one_shot", "global_one_shot", "gradual_magnitude", "global_gradual_magnitude",
                "ste", "static_sparse", "set", "rigl", "imp", "imp_random_reinit", "snip", "grasp",
                "synflow"]
@@ -45,7 +47,7 @@ QUANT_BASE = ["sparsity=0.9", "epochs=5", "finetune_epochs=2", "batch_size=64"]
 
 def _rows(table: str) -> list[tuple[str, list[str]]]:
     if table == "methods":
-        return [(m, [*METHOD_BASE, f"method={m}"]) for m in METHOD_ROWS]
+        return [(m, [*METHOD_BASE, f"method={m}", *METHOD_EXTRA.get(m, [])]) for m in METHOD_ROWS]
     if table == "criteria":
         rows = [(f"{c} {int(100 * s)} %", [*CRITERIA_BASE, f"criterion={c}", f"sparsity={s}"])
                 for s in (0.5, 0.75) for c in CRITERIA]
