@@ -389,3 +389,13 @@ def test_sparse_layer_order_and_errors():
         jax.jit(to_bcoo)(params)
     with pytest.raises(PruningError, match="w: to_bcsr converts 2-D"):
         to_bcsr({"w": np.ones((2, 2, 2), np.float32)}, include=lambda path, leaf: True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int8])
+def test_coo_byte_formula_matches_a_real_bcoo(dtype):
+    from jaxprune.quant.size import _coo_nbytes
+
+    w = np.zeros((5, 7), dtype)
+    w[0, 1] = w[3, 4] = w[4, 6] = 2
+    mat = sparse.BCOO.fromdense(jnp.asarray(w))
+    assert _coo_nbytes(w) == mat.indices.nbytes + mat.data.nbytes
