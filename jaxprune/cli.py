@@ -1,4 +1,8 @@
-"""The ``jaxprune`` command: ``jaxprune run CONFIG [key=value ...] --workdir DIR``.
+"""The ``jaxprune`` command.
+
+    jaxprune run CONFIG [key=value ...] --workdir DIR
+    jaxprune sweep SWEEP_FILE --workdir DIR [key=value ...] [--shard I/N] [--no-vmap] [--no-progress]
+    jaxprune report DIR [--best] [--max-drop PP] [--log-x]
 
 User errors (bad config, unknown dataset, missing files, bad values) print one ``error:`` line and
 exit with status 2, without a traceback.
@@ -36,6 +40,43 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from jaxprune.sweep.runner import parse_shard, run_sweep
+    from jaxprune.sweep.spec import expand_all, load_sweep
+
+    shard = parse_shard(args.shard) if args.shard else (0, 1)
+    configs = expand_all(load_sweep(args.sweep_file), args.overrides)
+    # XLA's persistent cache: every run compiles the same programs again (see docs/sweeps.md).
+    cache = os.environ.get("JAXPRUNE_COMPILATION_CACHE", os.path.join(args.workdir, ".jax_cache"))
+    out = run_sweep(configs, args.workdir, shard=shard, vmap=not args.no_vmap,
+                    progress=not args.no_progress,
+                    compilation_cache=None if cache.lower() in ("", "0", "off", "none") else cache)
+    print(f"[jaxprune] sweep {args.sweep_file}: {len(configs)} runs"
+          + (f", shard {shard[0]}/{shard[1]} has {out.planned}" if shard[1] > 1 else "")
+          + f"; {out.skipped} already done, {out.ran} ran now -> {out.path}")
+    print(f"[jaxprune] next: jaxprune report {args.workdir}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from jaxprune.errors import DataError
+    from jaxprune.sweep.report import best_strategy, write_report
+
+    if not os.path.isdir(args.dir):
+        raise DataError(f"report: {args.dir!r} is not a directory")
+    rep = write_report(args.dir, log_x=args.log_x)
+    print(rep.table)
+    if args.best:
+        print()
+        for best in best_strategy(rep.rows, max_drop=args.max_drop):
+            print(best.line())
+    print()
+    print(f"[jaxprune] wrote {rep.csv}, {rep.markdown}")
+    for path in rep.plots:
+        print(f"[jaxprune] plot: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxprune", description="Functional pruning for JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,12 +86,38 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workdir", required=True, help="directory for result.json")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.set_defaults(func=_run)
+
+    sweep = sub.add_parser("sweep", help="run every config of a sweep file (resumable)")
+    sweep.add_argument("sweep_file", help="Python file with get_sweep()")
+    sweep.add_argument("overrides", nargs="*", help="key=value overrides of the base config")
+    sweep.add_argument("--workdir", required=True, help="directory for results*.jsonl and runs/")
+    sweep.add_argument("--shard", default=None, metavar="I/N", help="run only runs with index %% N == I")
+    sweep.add_argument("--no-vmap", action="store_true", help="never train runs together")
+    sweep.add_argument("--no-progress", action="store_true", help="hide the per-run training bars")
+    sweep.set_defaults(func=_sweep)
+
+    report = sub.add_parser("report", help="summary.csv, report.md and plots of a sweep directory")
+    report.add_argument("dir", help="the sweep's --workdir")
+    report.add_argument("--best", action="store_true",
+                        help="print the most compressed strategy within --max-drop of dense, per model")
+    report.add_argument("--max-drop", type=float, default=1.0, metavar="PP",
+                        help="allowed accuracy drop in percentage points (default 1.0)")
+    report.add_argument("--log-x", action="store_true",
+                        help="plot remaining weights (%%) on a log axis (lottery-ticket style)")
+    report.set_defaults(func=_report)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``jaxprune`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow the options (``sweep FILE --workdir D epochs=1``).
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except ValueError as err:  # PruningError / DataError / ConfigError and other bad values

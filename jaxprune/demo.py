@@ -1,8 +1,13 @@
-"""``scripts/demo``: the notebook-style pipeline on a fresh model, then the seed example for real.
+"""``scripts/demo``: the notebook-style pipeline on a fresh model, then a small paper-style sweep.
 
 1. Init a 784-128-10 MLP, magnitude scores, ERK sparsity 0.9, masks, apply, print the summary.
-2. Train it 5 epochs with Adam on Fashion-MNIST (digits when the files are absent), prune 50 % by
-   global magnitude, evaluate, fine-tune 2 epochs with the masks fixed, evaluate again.
+2. The demo sweep (``experiments/sweeps/demo.py``): one-shot global magnitude, one-shot random and
+   gradual magnitude pruning at 50/70/90/95 % sparsity, 2 seeds, plus dense rows, on Fashion-MNIST
+   (digits when the files are absent), into ``runs/demo`` (``JAXPRUNE_DEMO_DIR`` overrides; a rerun
+   resumes and skips finished runs). Extra command-line arguments are ``key=value`` overrides of the
+   sweep's base config (e.g. ``scripts/demo epochs=1``).
+3. The report: ``summary.csv``, ``report.md``, the accuracy-vs-sparsity plot, and the most compressed
+   strategy within 1 percentage point of dense accuracy.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ import jax
 import jaxprune as jp
 from jaxprune.models import init_params, tutorial_mlp
 
+SWEEP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     "experiments", "sweeps", "demo.py")
+
 
 def notebook_example() -> None:
     model = tutorial_mlp()
@@ -26,15 +34,19 @@ def notebook_example() -> None:
     print(jp.summary(pruned).table())
 
 
-def main() -> int:
-    print("== 1. scores -> ERK sparsity 0.9 -> masks -> apply (fresh 784-128-10 MLP) ==")
-    notebook_example()
-    print("\n== 2. seed example: train 5 epochs, prune 50 %, evaluate, fine-tune 2 epochs ==")
+def main(argv: list[str] | None = None) -> int:
     from jaxprune.cli import main as cli
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     workdir = os.environ.get("JAXPRUNE_DEMO_DIR", "runs/demo")
-    return cli(["run", "experiments/configs/seed_mlp.py", "finetune_epochs=2", *sys.argv[1:],
-                "--workdir", workdir])
+    print("== 1. scores -> ERK sparsity 0.9 -> masks -> apply (fresh 784-128-10 MLP) ==")
+    notebook_example()
+    print(f"\n== 2. demo sweep: 3 strategies x 4 sparsities x 2 seeds + dense -> {workdir} ==")
+    rc = cli(["sweep", SWEEP, "--workdir", workdir, "--no-progress", *argv])
+    if rc:
+        return rc
+    print(f"\n== 3. report: jaxprune report {workdir} --best --max-drop 1.0 ==")
+    return cli(["report", workdir, "--best", "--max-drop", "1.0"])
 
 
 if __name__ == "__main__":
