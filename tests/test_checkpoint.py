@@ -138,7 +138,14 @@ def test_sigterm_saves_and_raises_preempted(tmp_path, reference):
     assert _same(state, reference[0]) and hist == reference[1]
 
 
-@pytest.mark.parametrize("damage", ["truncate_arrays", "garbage_meta", "delete_arrays"])
+# Reading a truncated tensorstore chunk makes orbax's internal asyncio loop report "Event loop is
+# closed" from its own callbacks after the (caught) read error; that noise is orbax's, not ours, and
+# pytest turns it into an error under filterwarnings=error. The fallback itself is asserted below.
+_ORBAX_LOOP_NOISE = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.mark.parametrize("damage", [pytest.param("truncate_arrays", marks=_ORBAX_LOOP_NOISE),
+                                    "garbage_meta", "delete_arrays"])
 def test_corrupt_latest_falls_back_with_warning(tmp_path, reference, damage):
     _fit(tmp_path, every=3)
     latest = tmp_path / "16"
