@@ -1,0 +1,470 @@
+"""Runs that differ only in ``seed`` and target ``sparsity``, trained as one group.
+
+A sweep over seeds x sparsities repeats one small program many times, and ``fit`` pays for it twice:
+every ``fit`` call compiles its step again, and every step is one Python dispatch. A *group* is
+trained by one jitted program that runs ``chunk`` steps per call in a ``lax.scan`` (compiled once for
+the whole group, one dispatch per chunk), with each run's own batch order
+(``jaxprune.data.batches(..., seed=run's seed, epoch=e)``), initialisation
+(:func:`jaxprune.experiment.make_run`), optimizer state and masks. Two strategies:
+
+* ``strategy='vmap'``: the runs are stacked on a leading axis and every step is ``jax.vmap`` of
+  :func:`jaxprune.train.make_train_step`: one program trains all R runs at once.
+* ``strategy='scan'`` (default): the same scanned program without ``vmap``, run for each run in turn.
+
+Pruning, evaluation and the result fields are per run and not batched (they are cheap; the training
+is what costs).
+
+Grouping rule (:func:`vmap_groups`): same config except ``seed``, ``sparsity`` and ``progress``;
+``kind='nn'``; method in :data:`SUPPORTED_METHODS`; model in :data:`GROUP_MODELS`; no neuron/channel
+structure, ``precision='f32'``, ``quantize='none'``, no mesh, no checkpoints. Every other config runs
+alone through :func:`jaxprune.experiment.train_and_evaluate`.
+
+Equality with the same runs done one by one (XLA:CPU, jax 0.10.2; measurements in docs/vmapped.md):
+
+* ``'scan'`` is bit-identical to ``fit`` for the MLPs of :data:`GROUP_MODELS` (the whole result
+  dict, ``fit_sha256`` included; checked over a full Fashion-MNIST epoch), and the faster of the two
+  on a 2-core CPU.
+* ``'vmap'`` is not. The matmuls are bit-identical under ``vmap``, but XLA picks a reduction kernel by
+  tensor size (YNNPACK from 4096 elements), so a bias gradient summed over ``[R, 32, 100]`` rounds
+  differently from the same sum over ``[32, 100]``. The last-bit difference stays ~1e-6 for a few
+  hundred steps, then it is amplified and the runs diverge: after one Fashion-MNIST epoch
+  (1875 steps) weights differ by ~0.2 and thousands of mask entries flip. Use it where its throughput
+  matters (accelerators) and results need to be statistically, not bitwise, the same.
+
+Conv models are not grouped: there even the scanned step rounds differently from ``fit``'s
+(measured on ``small_cnn``), and the runs diverge like ``'vmap'``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from jaxprune import experiment
+from jaxprune.data import batches, num_batches
+from jaxprune.errors import ConfigError
+from jaxprune.masks import apply_masks, dense_masks
+from jaxprune.train import TrainState, create_train_state, get_masks, make_train_step, masked, pruning
+
+__all__ = ["SUPPORTED_METHODS", "GROUP_MODELS", "STRATEGIES", "vmap_groups", "run_group", "fit_group"]
+
+SUPPORTED_METHODS = ("none", "one_shot", "global_one_shot", "static_sparse")
+"""Methods a group can train (their masks are fixed during training, so one update rule fits all)."""
+
+GROUP_MODELS = ("tutorial_mlp", "lenet300", "mlp")
+"""Models whose grouped training was checked against the one-by-one runs (dense layers only)."""
+
+STRATEGIES = ("vmap", "scan")
+"""How :func:`fit_group` trains a group: all runs under one ``vmap``, or the scanned program run by run."""
+
+_VARYING = ("seed", "sparsity", "progress")
+# Fields whose other values change what a run does in ways a group does not replicate.
+_REQUIRED = {"kind": ("nn",), "precision": ("f32",), "quantize": ("none",), "qat_epochs": (0,),
+             "mesh": ("", None), "checkpoint_every": (0, None)}
+_STRUCTURED = ("neurons", "channels")
+
+
+def _config_dict(config: Any, index: int) -> dict:
+    if not (hasattr(config, "to_dict") and hasattr(config, "get")):
+        raise ConfigError(f"configs[{index}] must be an ml_collections ConfigDict, "
+                          f"got {type(config).__name__}")
+    return config.to_dict()
+
+
+def _freeze(value: Any) -> Any:
+    """A hashable stand-in for a config value (dicts and sequences become tuples)."""
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_freeze(v) for v in value))
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return (type(value).__name__, value)
+
+
+def _unsupported(config: Any) -> str | None:
+    """Why ``config`` cannot be trained in a group (the field and its value), or ``None``."""
+    for key, allowed in _REQUIRED.items():
+        default = allowed[0]
+        if config.get(key, default) not in allowed:
+            return f"{key}={config.get(key)!r}"
+    if config.get("method") not in SUPPORTED_METHODS:
+        return f"method={config.get('method')!r}"
+    if config.get("model") not in GROUP_MODELS:
+        return f"model={config.get('model')!r}"
+    if config.get("structure") in _STRUCTURED:
+        return f"structure={config.get('structure')!r}"
+    try:
+        experiment._validate(config)
+    except (ValueError, TypeError, KeyError, AttributeError) as err:  # the one-by-one run reports it
+        return f"invalid config ({err})"
+    return None
+
+
+def vmap_groups(configs: Sequence[Any]) -> list[list[int]]:
+    """Partitions config indices into groups that :func:`run_group` can train together.
+
+    Two configs share a group when they are equal except for ``seed``, ``sparsity`` and ``progress``
+    and both are supported (``kind='nn'``, a method in :data:`SUPPORTED_METHODS`, a model in
+    :data:`GROUP_MODELS`, f32, no quantization, no neuron/channel structure, no mesh, no
+    checkpoints). Unsupported configs are singletons. Groups are ordered by their first index;
+    indices keep their order within a group.
+
+    Example:
+        >>> import ml_collections
+        >>> base = dict(kind='nn', method='one_shot', learning_rate=1e-3, seed=0, sparsity=0.5,
+        ...             epochs=1, finetune_epochs=0, batch_size=32, dataset='digits',
+        ...             model='tutorial_mlp', scorer='magnitude', allocation='global',
+        ...             structure='unstructured')
+        >>> cfgs = [ml_collections.ConfigDict({**base, **kw}) for kw in
+        ...         [{}, {'seed': 1}, {'learning_rate': 1e-2}, {'sparsity': 0.9}, {'method': 'imp'}]]
+        >>> vmap_groups(cfgs)
+        [[0, 1, 3], [2], [4]]
+    """
+    if isinstance(configs, (str, bytes)) or not isinstance(configs, Sequence):
+        raise ConfigError(f"configs must be a list of ConfigDicts, got {type(configs).__name__}")
+    groups: dict[Any, list[int]] = {}
+    order: list[list[int]] = []
+    for i, config in enumerate(configs):
+        fields = _config_dict(config, i)
+        if _unsupported(config) is not None:
+            order.append([i])
+            continue
+        key = _freeze({k: v for k, v in fields.items() if k not in _VARYING})
+        if key not in groups:
+            groups[key] = []
+            order.append(groups[key])
+        groups[key].append(i)
+    return order
+
+
+def _first_difference(a: Any, b: Any) -> str | None:
+    da, db = a.to_dict(), b.to_dict()
+    for key in sorted(set(da) | set(db)):
+        if key not in _VARYING and _freeze(da.get(key)) != _freeze(db.get(key)):
+            return key
+    return None
+
+
+def _check_group(configs: Sequence[Any]) -> None:
+    for i, config in enumerate(configs):
+        _config_dict(config, i)
+        why = _unsupported(config)
+        if why is not None:
+            raise ConfigError(f"configs[{i}] cannot be trained in a group: {why} (supported methods: "
+                              f"{', '.join(SUPPORTED_METHODS)}; models: {', '.join(GROUP_MODELS)}); "
+                              "run it alone")
+        field = _first_difference(configs[0], config)
+        if field is not None:
+            raise ConfigError(f"configs[{i}] differs from configs[0] in field {field!r}: only "
+                              f"{', '.join(_VARYING)} may differ within a group")
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+
+
+def _stack(trees: Sequence[Any]) -> Any:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _unstack(tree: Any, n: int) -> list[Any]:
+    return [jax.tree.map(lambda x: x[i], tree) for i in range(n)]
+
+
+def _chunk_runner(model: Any, tx: optax.GradientTransformation, vmapped: bool) -> Callable:
+    """``run(state, xs, ys, valid) -> state``: ``xs.shape[0]`` train steps in one jitted ``lax.scan``
+    (of the vmapped step when ``vmapped``); steps where ``valid`` is False leave the state as it is
+    (padding, so an epoch's last, shorter chunk reuses the compiled program). The state is donated."""
+    step = make_train_step(model, tx)
+    if vmapped:
+        step = jax.vmap(step)
+
+    def body(state, inputs):
+        x, y, ok = inputs
+        return jax.lax.cond(ok, lambda s: step(s, x, y)[0], lambda s: s, state), None
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def run(state, xs, ys, valid):
+        return jax.lax.scan(body, state, (xs, ys, valid))[0]
+
+    return run
+
+
+def _chunk_size(steps: int, chunk: int) -> int:
+    """Steps per scan call: at most ``chunk``, spread evenly so the last call is padded least.
+
+    >>> _chunk_size(300, 64), _chunk_size(44, 64), _chunk_size(1875, 64)
+    (60, 44, 63)
+    """
+    calls = -(-steps // chunk)
+    return -(-steps // calls)
+
+
+def _check_same(trees: Sequence[Any], what: str) -> None:
+    def signature(tree: Any) -> tuple:
+        leaves = jax.tree.leaves(tree)
+        return jax.tree.structure(tree), [(np.shape(x), getattr(x, "dtype", type(x))) for x in leaves]
+
+    first = signature(trees[0])
+    for i, tree in enumerate(trees[1:], 1):
+        if signature(tree) != first:
+            raise ConfigError(f"{what}[{i}] does not match {what}[0] in tree structure, shapes or dtypes")
+
+
+def _epoch_chunks(data: Sequence[tuple[np.ndarray, np.ndarray]], seeds: Sequence[int], epoch: int,
+                  batch_size: int, steps: int, k: int):
+    """Yields ``(xs, ys, valid)``: ``[k, R, batch, ...]`` images, ``[k, R, batch]`` labels, ``[k]``
+    flags; the next ``k`` batches of every run, each run's from ``batches(*data[r], batch_size,
+    seed=seeds[r], epoch=epoch)``, the last chunk of the epoch padded with zeros (``valid`` False)."""
+    its = [batches(x, y, batch_size, seed=s, epoch=epoch) for (x, y), s in zip(data, seeds)]
+    x0, y0 = np.asarray(data[0][0]), np.asarray(data[0][1])
+    for start in range(0, steps, k):
+        n = min(k, steps - start)
+        # A fresh buffer per chunk: the previous one may still be read by the running program.
+        xs = np.zeros((k, len(its), batch_size, *x0.shape[1:]), x0.dtype)
+        ys = np.zeros((k, len(its), batch_size), y0.dtype)
+        for i in range(n):
+            for r, it in enumerate(its):
+                b = next(it)
+                xs[i, r], ys[i, r] = b.images, b.labels
+        yield xs, ys, np.arange(k) < n
+
+
+def fit_group(model: Any, states: Sequence[TrainState], tx: optax.GradientTransformation,
+              data: Sequence[tuple[np.ndarray, np.ndarray]], *, epochs: int, batch_size: int,
+              seeds: Sequence[int], first_epoch: int = 0, chunk: int = 64, strategy: str = "scan",
+              desc: str = "group", progress: bool = False) -> list[TrainState]:
+    """Trains R runs as one group: run ``r`` does what ``fit(model, states[r], tx, *data[r],
+    seed=seeds[r], epochs=..., batch_size=..., first_epoch=...)`` does.
+
+    ``tx`` is the update rule all runs share (its ``init`` is not called: each state carries its own
+    optimizer state, e.g. its own masks from ``masked(..., masks_r).init``). Epoch ``e`` of run ``r``
+    takes the batches of ``jaxprune.data.batches(*data[r], batch_size, seed=seeds[r], epoch=e)``
+    (the last partial batch dropped, as in ``fit``), up to ``chunk`` steps per call of one jitted
+    ``lax.scan`` (an epoch's last call is padded with skipped steps, so it compiles once).
+    ``strategy``: ``'scan'`` (bit-identical to ``fit`` for MLPs on XLA:CPU) or ``'vmap'`` (all runs
+    under one ``jax.vmap``; equal only up to rounding that grows with training, see module docs).
+
+    Example:
+        >>> from jaxprune.models import MLP, init_params
+        >>> m, tx = MLP((8, 3)), optax.adam(1e-2)
+        >>> x, y = np.ones((20, 4), np.float32), np.zeros(20, np.int32)
+        >>> sts = [create_train_state(init_params(m, jax.random.PRNGKey(s), (1, 4)), tx) for s in (0, 1)]
+        >>> out = fit_group(m, sts, tx, [(x, y)] * 2, epochs=2, batch_size=8, seeds=[0, 1])
+        >>> [int(s.step) for s in out]
+        [4, 4]
+    """
+    states, data, seeds = list(states), list(data), list(seeds)
+    if not states or len(states) != len(data) or len(states) != len(seeds):
+        raise ConfigError(f"fit_group: states, data and seeds must be non-empty and of one length, "
+                          f"got {len(states)}, {len(data)}, {len(seeds)}")
+    for name, value, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1), ("chunk", chunk, 1),
+                             ("first_epoch", first_epoch, 0), *((f"seeds[{i}]", s, 0)
+                                                                 for i, s in enumerate(seeds))):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"fit_group: {name} must be an integer >= {low}, got {value!r}")
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"fit_group: strategy must be one of {STRATEGIES}, got {strategy!r}")
+    _check_same(states, "states")
+    _check_same([(np.asarray(x)[:1], np.asarray(y)[:1]) for x, y in data], "data")
+    n = len(data[0][1])
+    if any(len(y) != n for _, y in data):
+        raise ConfigError(f"fit_group: every run needs the same number of examples, got "
+                          f"{[len(y) for _, y in data]}")
+    if epochs == 0:
+        return states
+    steps = num_batches(n, batch_size)
+    r_count = len(states)
+    run = _chunk_runner(model, tx, vmapped=strategy == "vmap")
+    k = _chunk_size(steps, chunk)
+    bar = tqdm(total=epochs * steps * r_count, desc=f"{desc} x{r_count} ({strategy})",
+               disable=not progress, leave=False, mininterval=0.5)
+    if strategy == "vmap":
+        state = _stack(states)  # fresh arrays: safe to donate
+        for epoch in range(first_epoch, first_epoch + epochs):
+            for xs, ys, valid in _epoch_chunks(data, seeds, epoch, batch_size, steps, k):
+                state = run(state, xs, ys, valid)
+                bar.update(int(valid.sum()) * r_count)
+        out = _unstack(state, r_count)
+    else:
+        out = []
+        for r in range(r_count):
+            state = jax.tree.map(jnp.copy, states[r])  # the caller's arrays are not donated
+            for epoch in range(first_epoch, first_epoch + epochs):
+                for xs, ys, valid in _epoch_chunks(data[r:r + 1], seeds[r:r + 1], epoch, batch_size,
+                                                   steps, k):
+                    state = run(state, xs[:, 0], ys[:, 0], valid)
+                    bar.update(int(valid.sum()))
+            out.append(state)
+    bar.close()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Methods (each the twin of the sequential method of the same name, for a list of runs)
+
+
+class _Group(NamedTuple):
+    runs: list  # jaxprune.experiment.Run, one per config
+    strategy: str
+    digests: list  # per run: the sha256 of each fit phase's final state (as train_and_evaluate)
+
+
+def _fit_runs(g: _Group, states: list, tx, epochs: int, first_epoch: int, desc: str) -> list:
+    c = g.runs[0].config
+    states = fit_group(g.runs[0].model, states, tx, [r.train for r in g.runs], epochs=epochs,
+                       batch_size=c.batch_size, seeds=[r.config.seed for r in g.runs],
+                       first_epoch=first_epoch, strategy=g.strategy, desc=desc,
+                       progress=bool(c.get("progress", False)))
+    for digests, state in zip(g.digests, states):
+        digests.append(_sha256(state))
+    return states
+
+
+def _sha256(state: TrainState) -> str | None:
+    from jaxprune.train.checkpoint import tree_sha256
+
+    return tree_sha256(jax.tree.map(jnp.asarray, state))
+
+
+def _dense_states(g: _Group) -> list:
+    c = g.runs[0].config
+    tx = optax.adam(c.learning_rate)
+    return _fit_runs(g, [create_train_state(r.variables, tx) for r in g.runs], tx, c.epochs, 0, "dense")
+
+
+def _finetune(g: _Group, params: list, model_states: list, masks: list) -> tuple[list, list]:
+    """Masked Adam for ``finetune_epochs`` (epochs numbered after the dense ones), as ``one_shot``."""
+    c = g.runs[0].config
+    if not c.finetune_epochs:
+        return params, model_states
+    lr = c.get("finetune_learning_rate") or c.learning_rate
+    txs = [masked(optax.adam(lr), m) for m in masks]
+    states = [create_train_state({"params": p, **s}, t) for p, s, t in zip(params, model_states, txs)]
+    states = _fit_runs(g, states, txs[0], c.finetune_epochs, c.epochs, "finetune")
+    return [s.params for s in states], [s.model_state for s in states]
+
+
+def _finish(g: _Group, params: list, model_states: list, masks: list, dense_accs: list) -> list[dict]:
+    """Apply the masks, evaluate, fine-tune (``jaxprune.methods.runs._finish``)."""
+    params = [apply_masks(p, m) for p, m in zip(params, masks)]
+    pruned = [experiment._acc(r, p, s) for r, p, s in zip(g.runs, params, model_states)]
+    params, model_states = _finetune(g, params, model_states, masks)
+    return [{"params": p, "model_state": s, "dense_test_accuracy": d, "pruned_test_accuracy": a,
+             "masks": m} for p, s, d, a, m in zip(params, model_states, dense_accs, pruned, masks)]
+
+
+def _dense(g: _Group) -> list[dict]:
+    outs = []
+    for run, st in zip(g.runs, _dense_states(g)):
+        acc = experiment._acc(run, st.params, st.model_state)
+        outs.append({"params": st.params, "model_state": st.model_state, "dense_test_accuracy": acc,
+                     "pruned_test_accuracy": acc, "masks": dense_masks(st.params)})
+    return outs
+
+
+def _one_shot(g: _Group) -> list[dict]:
+    if g.runs[0].config.method == "global_one_shot":
+        for run in g.runs:  # as jaxprune.methods.runs.global_one_shot does
+            with run.config.unlocked():
+                run.config.allocation = "global"
+    states = _dense_states(g)
+    dense_accs = [experiment._acc(r, s.params, s.model_state) for r, s in zip(g.runs, states)]
+    masks = [experiment.prune_params(r, s.params, s.model_state, r.config.sparsity)
+             for r, s in zip(g.runs, states)]
+    return _finish(g, [s.params for s in states], [s.model_state for s in states], masks, dense_accs)
+
+
+def _static_sparse(g: _Group) -> list[dict]:
+    from jaxprune.methods.dst import random_sparse_masks
+
+    c = g.runs[0].config
+    allocation = "erk" if c.allocation in ("erk", "global") else "uniform"
+    txs, states = [], []
+    for run in g.runs:
+        m = random_sparse_masks(run.variables["params"], run.config.sparsity,
+                                jax.random.fold_in(run.key, 3), allocation=allocation)
+        tx = pruning(optax.adam(c.learning_rate), initial_masks=m, seed=run.config.seed)
+        txs.append(tx)
+        states.append(create_train_state(run.variables, tx))
+    states = _fit_runs(g, states, txs[0], c.epochs, 0, "static_sparse")
+    masks = [get_masks(s.opt_state) for s in states]
+    return _finish(g, [s.params for s in states], [s.model_state for s in states], masks,
+                   [None] * len(g.runs))
+
+
+_METHODS: dict[str, Callable[[_Group], list[dict]]] = {
+    "none": _dense, "one_shot": _one_shot, "global_one_shot": _one_shot, "static_sparse": _static_sparse,
+}
+
+
+def _fit_sha256(digests: list) -> str | None:
+    from jaxprune.train.context import RunContext
+
+    return RunContext(digests=list(digests)).sha256()
+
+
+def _write(result: dict, workdir: str | os.PathLike) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, "result.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2, sort_keys=True)
+    os.replace(tmp, os.path.join(workdir, "result.json"))
+
+
+def run_group(configs: Sequence[Any], workdirs: Sequence[str | os.PathLike], *,
+              strategy: str = "scan") -> list[dict]:
+    """Runs a group from :func:`vmap_groups` and writes each ``workdir/result.json``.
+
+    One config: exactly :func:`jaxprune.experiment.train_and_evaluate`. Several: trained as one group
+    by :func:`fit_group` (``strategy``); each result has the fields ``train_and_evaluate`` gives it
+    (with ``strategy='scan'`` the same values too), plus ``wall_s`` = the group's wall time / n,
+    ``vmapped`` = n and ``vmap_strategy``.
+
+    Example (not run here; it trains)::
+
+        for g in vmap_groups(configs):
+            run_group([configs[i] for i in g], [f"runs/{i}" for i in g])
+    """
+    configs, workdirs = list(configs), list(workdirs)
+    if not configs or len(configs) != len(workdirs):
+        raise ConfigError(f"run_group: need one workdir per config, got {len(configs)} configs and "
+                          f"{len(workdirs)} workdirs")
+    if len(configs) == 1:
+        return [experiment.train_and_evaluate(configs[0], workdirs[0])]
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"run_group: strategy must be one of {STRATEGIES}, got {strategy!r}")
+    _check_group(configs)
+    start = time.perf_counter()
+    # Copies: global_one_shot sets allocation='global' on its run's config.
+    runs = [experiment.make_run(c.copy_and_resolve_references()) for c in configs]
+    group = _Group(runs, strategy, [[] for _ in runs])
+    outs = _METHODS[runs[0].config.method](group)
+    results = [experiment.result_fields(run, out) for run, out in zip(runs, outs)]
+    wall = time.perf_counter() - start
+    n = len(configs)
+    written = []
+    for result, digests, workdir in zip(results, group.digests, workdirs):
+        sha = _fit_sha256(digests)
+        if sha is not None:
+            result["fit_sha256"] = sha
+        result["wall_s"] = round(wall / n, 3)
+        result["vmapped"] = n
+        result["vmap_strategy"] = strategy
+        result = {k: (float(v) if isinstance(v, (np.floating, jnp.ndarray)) else v)
+                  for k, v in result.items()}
+        _write(result, workdir)
+        written.append(result)
+    return written
