@@ -79,19 +79,29 @@ def test_ties_broken_by_index_then_leaf_order():
     np.testing.assert_array_equal(g["b"], [[False, True]])
 
 
-def test_long_rows_use_bracketed_bisection(monkeypatch):
-    # Force the sampled path on a small array (and a tie-heavy one) and compare with a sort.
+def test_long_rows_use_radix_select(monkeypatch):
+    # Force the radix path on small rows (tie-heavy, sorted, signed, infinite, several rows with their
+    # own k) and compare with a stable sort: exact count, ties in index order.
     monkeypatch.setattr(sel, "_SMALL", 16)
-    monkeypatch.setattr(sel, "_SAMPLE", 64)
     x = jax.random.normal(jax.random.PRNGKey(3), (5000,))
-    for scores in (x, jnp.round(x * 2), jnp.sort(x)[::-1]):
+    special = x.at[:40].set(-jnp.inf).at[40:80].set(jnp.inf).at[80:200].set(0.0).at[200:260].set(-0.0)
+    for scores in (x, jnp.round(x * 2), jnp.sort(x)[::-1], special, jnp.zeros(5000)):
         for k in (1, 17, 2500, 4999, 5000):
             keep = sel.prune_lowest([scores], k)[0]
             assert _pruned(keep) == k
-            order = np.lexsort((np.arange(5000), np.asarray(scores, np.float32)))
+            key = np.where(np.asarray(scores) == 0, 0.0, np.asarray(scores, np.float32))
+            order = np.lexsort((np.arange(5000), key))
             want = np.ones(5000, bool)
             want[order[:k]] = False
             np.testing.assert_array_equal(keep, want)
+    rows = jnp.stack([x, jnp.round(x), -x])
+    ks = jnp.array([0, 1234, 5000])
+    keep = np.asarray(sel._prune_rows(rows, ks))
+    for r in range(3):
+        order = np.lexsort((np.arange(5000), np.asarray(rows[r], np.float32)))
+        want = np.ones(5000, bool)
+        want[order[:int(ks[r])]] = False
+        np.testing.assert_array_equal(keep[r], want)
 
 
 def test_negative_and_signed_zero_scores():
