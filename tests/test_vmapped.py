@@ -97,6 +97,8 @@ def test_fit_group_argument_errors():
         fit_group(m, [st, st], tx, [(x, y)] * 2, epochs=1, batch_size=4, seeds=[0, -1])
     with pytest.raises(ConfigError, match="same number of examples"):
         fit_group(m, [st, st], tx, [(x, y), (x[:6], y[:6])], epochs=1, batch_size=4, seeds=[0, 1])
+    with pytest.raises(ConfigError, match="workers must be None or an integer >= 1"):
+        fit_group(m, [st, st], tx, [(x, y)] * 2, epochs=1, batch_size=4, seeds=[0, 1], workers=0)
     wider = get_model("mlp", 3, hidden=(5,))
     other = create_train_state(init_params(wider, jax.random.PRNGKey(0), (1, 2)), tx)
     with pytest.raises(ConfigError, match=r"states\[1\] does not match states\[0\]"):
@@ -127,11 +129,12 @@ def digits_runs():
 def test_fit_group_scan_is_bit_identical_to_fit(digits_runs):
     model, tx, states, xy, seq = digits_runs
     # chunk=16: 44 steps per epoch run as 3 calls of 15 steps, the last one padded.
-    out = fit_group(model, states, tx, [xy] * 3, epochs=2, batch_size=32, seeds=[0, 1, 2],
-                    first_epoch=1, chunk=16, strategy="scan")
-    for a, b in zip(seq, out):
-        _same(a, b)
-    assert [int(s.step) for s in out] == [88] * 3
+    for workers in (1, 2):  # run after run, and two runs at a time in threads
+        out = fit_group(model, states, tx, [xy] * 3, epochs=2, batch_size=32, seeds=[0, 1, 2],
+                        first_epoch=1, chunk=16, strategy="scan", workers=workers)
+        for a, b in zip(seq, out):
+            _same(a, b)
+        assert [int(s.step) for s in out] == [88] * 3
     # The caller's states were not donated (reading a donated buffer raises).
     _same(states[0].params, init_params(model, jax.random.PRNGKey(0), (1, 8, 8, 1))["params"])
 

@@ -9,7 +9,8 @@ the whole group, one dispatch per chunk), with each run's own batch order
 
 * ``strategy='vmap'``: the runs are stacked on a leading axis and every step is ``jax.vmap`` of
   :func:`jaxprune.train.make_train_step`: one program trains all R runs at once.
-* ``strategy='scan'`` (default): the same scanned program without ``vmap``, run for each run in turn.
+* ``strategy='scan'`` (default): the same scanned program without ``vmap``, each run on its own,
+  ``os.cpu_count()`` runs at a time in threads (one small run does not keep every core busy).
 
 Pruning, evaluation and the result fields are per run and not batched (they are cheap; the training
 is what costs).
@@ -41,6 +42,7 @@ import functools
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -245,7 +247,8 @@ def _epoch_chunks(data: Sequence[tuple[np.ndarray, np.ndarray]], seeds: Sequence
 def fit_group(model: Any, states: Sequence[TrainState], tx: optax.GradientTransformation,
               data: Sequence[tuple[np.ndarray, np.ndarray]], *, epochs: int, batch_size: int,
               seeds: Sequence[int], first_epoch: int = 0, chunk: int = 64, strategy: str = "scan",
-              desc: str = "group", progress: bool = False) -> list[TrainState]:
+              workers: int | None = None, desc: str = "group",
+              progress: bool = False) -> list[TrainState]:
     """Trains R runs as one group: run ``r`` does what ``fit(model, states[r], tx, *data[r],
     seed=seeds[r], epochs=..., batch_size=..., first_epoch=...)`` does.
 
@@ -254,8 +257,9 @@ def fit_group(model: Any, states: Sequence[TrainState], tx: optax.GradientTransf
     takes the batches of ``jaxprune.data.batches(*data[r], batch_size, seed=seeds[r], epoch=e)``
     (the last partial batch dropped, as in ``fit``), up to ``chunk`` steps per call of one jitted
     ``lax.scan`` (an epoch's last call is padded with skipped steps, so it compiles once).
-    ``strategy``: ``'scan'`` (bit-identical to ``fit`` for MLPs on XLA:CPU) or ``'vmap'`` (all runs
-    under one ``jax.vmap``; equal only up to rounding that grows with training, see module docs).
+    ``strategy``: ``'scan'`` (bit-identical to ``fit`` for MLPs on XLA:CPU; ``workers`` runs at a
+    time in threads, default ``os.cpu_count()``) or ``'vmap'`` (all runs under one ``jax.vmap``;
+    equal only up to rounding that grows with training, see module docs).
 
     Example:
         >>> from jaxprune.models import MLP, init_params
@@ -270,6 +274,9 @@ def fit_group(model: Any, states: Sequence[TrainState], tx: optax.GradientTransf
     if not states or len(states) != len(data) or len(states) != len(seeds):
         raise ConfigError(f"fit_group: states, data and seeds must be non-empty and of one length, "
                           f"got {len(states)}, {len(data)}, {len(seeds)}")
+    if workers is not None and (not isinstance(workers, (int, np.integer)) or isinstance(workers, bool)
+                                or workers < 1):
+        raise ConfigError(f"fit_group: workers must be None or an integer >= 1, got {workers!r}")
     for name, value, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1), ("chunk", chunk, 1),
                              ("first_epoch", first_epoch, 0), *((f"seeds[{i}]", s, 0)
                                                                  for i, s in enumerate(seeds))):
@@ -299,15 +306,23 @@ def fit_group(model: Any, states: Sequence[TrainState], tx: optax.GradientTransf
                 bar.update(int(valid.sum()) * r_count)
         out = _unstack(state, r_count)
     else:
-        out = []
-        for r in range(r_count):
+        def train_one(r: int) -> TrainState:
             state = jax.tree.map(jnp.copy, states[r])  # the caller's arrays are not donated
             for epoch in range(first_epoch, first_epoch + epochs):
                 for xs, ys, valid in _epoch_chunks(data[r:r + 1], seeds[r:r + 1], epoch, batch_size,
                                                    steps, k):
                     state = run(state, xs[:, 0], ys[:, 0], valid)
                     bar.update(int(valid.sum()))
-            out.append(state)
+            return jax.block_until_ready(state)
+
+        threads = min(r_count, workers or os.cpu_count() or 1)
+        if threads == 1:
+            out = [train_one(r) for r in range(r_count)]
+        else:
+            # Independent runs of one compiled program, `threads` at a time: XLA releases the GIL
+            # while it runs, and one small run does not keep every core busy.
+            with ThreadPoolExecutor(threads, thread_name_prefix="fit_group") as pool:
+                out = list(pool.map(train_one, range(r_count)))
     bar.close()
     return out
 
