@@ -20,7 +20,7 @@ from jaxprune.config import apply_overrides, load_config
 from jaxprune.errors import ConfigError
 from jaxprune.experiment import METHODS, make_run, train_and_evaluate
 from jaxprune.models import get_model, init_params
-from jaxprune.sweep import vmapped
+from jaxprune.sweep import group_fit, vmapped
 from jaxprune.sweep.vmapped import _Group, fit_group, run_group, vmap_groups
 from jaxprune.train import create_train_state, fit, masked
 
@@ -106,7 +106,8 @@ def test_fit_group_argument_errors():
 
 
 def test_doctests():
-    result = doctest.testmod(vmapped)
+    assert doctest.testmod(vmapped).failed == 0
+    result = doctest.testmod(group_fit)  # fit_group's and _chunk_size's examples
     assert result.failed == 0 and result.attempted > 0
 
 
