@@ -43,7 +43,8 @@ from jaxprune.masks import apply_masks
 from jaxprune.models import get_model, init_params
 from jaxprune.scores import magnitude_scores
 from jaxprune.select import topk_masks
-from jaxprune.sweep.group_fit import _chunk_runner, _chunk_size, _epoch_chunks, _stack, fit_group
+from jaxprune.sweep.group_fit import (_chunk_runner, _chunk_size, _device_data, _epoch_indices, _slices, _stack,
+                                      _vmap_size, fit_group)
 from jaxprune.train import create_train_state, fit, make_train_step, masked
 
 RUNS = 8
@@ -107,18 +108,25 @@ def _steady(model, states, tx, x, y, seeds, batch, steps, repeats):
             out.append(st)
         return jax.block_until_ready(out)
 
-    def vmap():
-        st = _stack(states)
-        for xs, ys, valid in _epoch_chunks([(x, y)] * len(states), seeds, 0, batch, steps, k):
-            st = vrun(st, xs, ys, valid)
-        return jax.block_until_ready(st)
+    images, labels, offsets = _device_data([(x, y)])
+    size = _vmap_size(None, len(states))
+
+    def vmap():  # the default slices of `size` runs, one after the other
+        out = []
+        for sl in _slices(len(states), size):
+            st = _stack([states[r] for r in sl])
+            for idx, valid in _epoch_indices(len(y), [seeds[r] for r in sl], offsets * len(sl), 0, batch,
+                                             steps, k):
+                st = vrun(st, images, labels, idx, valid)
+            out.append(st)
+        return jax.block_until_ready(out)
 
     def scan():
         out = []
         for r, s in enumerate(seeds):
             st = jax.tree.map(lambda a: a.copy(), states[r])
-            for xs, ys, valid in _epoch_chunks([(x, y)], [s], 0, batch, steps, k):
-                st = srun(st, xs[:, 0], ys[:, 0], valid)
+            for idx, valid in _epoch_indices(len(y), [s], offsets, 0, batch, steps, k):
+                st = srun(st, images, labels, idx[:, 0], valid)
             out.append(st)
         return jax.block_until_ready(out)
 
@@ -175,7 +183,7 @@ def main() -> None:
         "seconds_cold": {k: round(cold[k], 3) for k in paths},
         "steady_ms_per_run_step": {k: round(v / run_steps * 1e3, 3) for k, v in steady.items()},
         "compile": "excluded (persistent cache warm) in *_speedup; included in *_cold",
-        "axis": args.axis, "runs": RUNS, "steps": args.steps, "batch": args.batch,
+        "vmap_size": _vmap_size(None, RUNS), "workers": os.cpu_count(), "axis": args.axis, "runs": RUNS, "steps": args.steps, "batch": args.batch,
         "repeats": args.repeats, "data": source, "model": "lenet300", "backend": jax.default_backend(),
         "cpus": os.cpu_count(), "load_avg_1m_at_start": round(load, 2),
     }))

@@ -19,6 +19,7 @@ from jaxprune.data import (
     Batch,
     batches,
     channel_stats,
+    epoch_order,
     dataset_info,
     eval_batches,
     load,
@@ -359,6 +360,18 @@ def test_batches_deterministic_and_epoch_dependent():
     assert not np.array_equal(order(0, 0), order(0, 1))
     assert not np.array_equal(order(0, 0), order(1, 0))
     assert sorted(order(0, 1).tolist()) == list(range(40))
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_epoch_order_is_the_batch_order(shuffle):
+    """Grouped training gathers batches on the device from epoch_order: it must be batches' order."""
+    x, y = _data(23)
+    order = epoch_order(23, seed=4, epoch=2, shuffle=shuffle)
+    assert sorted(order.tolist()) == list(range(23))
+    got = np.concatenate([b.labels for b in batches(x, y, 5, seed=4, epoch=2, shuffle=shuffle)])
+    np.testing.assert_array_equal(got, y[order[:20]])
+    with pytest.raises(DataError, match="seed=-1 must be an int >= 0"):
+        epoch_order(23, seed=-1, epoch=0)
 
 
 def test_eval_batches_cover_each_example_once():

@@ -99,6 +99,11 @@ def test_fit_group_argument_errors():
         fit_group(m, [st, st], tx, [(x, y), (x[:6], y[:6])], epochs=1, batch_size=4, seeds=[0, 1])
     with pytest.raises(ConfigError, match="workers must be None or an integer >= 1"):
         fit_group(m, [st, st], tx, [(x, y)] * 2, epochs=1, batch_size=4, seeds=[0, 1], workers=0)
+    with pytest.raises(ConfigError, match="vmap_size must be None or an integer >= 1"):
+        fit_group(m, [st, st], tx, [(x, y)] * 2, epochs=1, batch_size=4, seeds=[0, 1], strategy="vmap",
+                  vmap_size=0)
+    with pytest.raises(ConfigError, match="vmap_size applies to strategy='vmap' only"):
+        fit_group(m, [st, st], tx, [(x, y)] * 2, epochs=1, batch_size=4, seeds=[0, 1], vmap_size=2)
     wider = get_model("mlp", 3, hidden=(5,))
     other = create_train_state(init_params(wider, jax.random.PRNGKey(0), (1, 2)), tx)
     with pytest.raises(ConfigError, match=r"states\[1\] does not match states\[0\]"):
@@ -147,6 +152,37 @@ def test_fit_group_vmap_is_close_to_fit(digits_runs):
     for a, b in zip(seq, out):
         jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=0, atol=1e-5), a, b)
         assert int(b.step) == 88
+
+
+def test_fit_group_vmap_slices(digits_runs):
+    """Slices of vmap_size runs (the CPU default, 2, gives [0, 1] and [2] here): the same result
+    whatever the number of threads, close to fit; one slice of all runs is close too."""
+    model, tx, states, xy, seq = digits_runs
+    kw = dict(epochs=2, batch_size=32, seeds=[0, 1, 2], first_epoch=1, strategy="vmap")
+    assert group_fit._vmap_size(None, 3) == (group_fit.CPU_VMAP_SIZE if jax.default_backend() == "cpu" else 3)
+    one = fit_group(model, states, tx, [xy] * 3, vmap_size=2, workers=1, **kw)
+    two = fit_group(model, states, tx, [xy] * 3, vmap_size=2, workers=2, **kw)
+    whole = fit_group(model, states, tx, [xy] * 3, vmap_size=3, **kw)
+    for a, b, c, d in zip(seq, one, two, whole):
+        _same(b, c)
+        for u in (b, d):
+            jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=0, atol=1e-5), a, u)
+
+
+def test_fit_group_runs_with_their_own_data(digits_runs):
+    """Each run trains on its own training set (held once on the device per distinct set)."""
+    model, tx, states, (x, y), _ = digits_runs
+    flipped = (x[::-1].copy(), y[::-1].copy())
+    data = [(x, y), flipped, (x.copy(), y.copy())]  # the third equals the first: one device copy
+    images, labels, offsets = group_fit._device_data(data)
+    assert offsets == [0, len(y), 0] and images.shape[0] == 2 * len(y)
+    seq = [fit(model, st, tx, *d, epochs=1, batch_size=32, seed=3, progress=False)[0]
+           for st, d in zip(states, data)]
+    out = fit_group(model, states, tx, data, epochs=1, batch_size=32, seeds=[3, 3, 3], workers=1)
+    for a, b in zip(seq, out):
+        _same(a, b)
+    assert not np.array_equal(np.asarray(out[0].params["Dense_0"]["kernel"]),
+                              np.asarray(out[1].params["Dense_0"]["kernel"]))
 
 
 def test_fit_group_masked_per_run_masks(digits_runs):

@@ -4,7 +4,7 @@ See ``docs/data.md`` for the names, where files are looked for, the split rule a
 """
 
 from jaxprune.data.idx import read_idx
-from jaxprune.data.iterate import Batch, batches, eval_batches, num_batches
+from jaxprune.data.iterate import Batch, batches, epoch_order, eval_batches, num_batches
 from jaxprune.data.mnist import ENV_VAR
 from jaxprune.data.preprocess import channel_stats, standardize
 from jaxprune.data.sources import DATASETS, DEFAULT_VALIDATION_SIZE, SPLITS, DatasetInfo, dataset_info, load
@@ -19,6 +19,7 @@ __all__ = [
     "batches",
     "channel_stats",
     "dataset_info",
+    "epoch_order",
     "eval_batches",
     "load",
     "num_batches",

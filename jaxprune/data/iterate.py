@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxprune.errors import DataError
 
-__all__ = ["Batch", "batches", "eval_batches", "num_batches"]
+__all__ = ["Batch", "batches", "epoch_order", "eval_batches", "num_batches"]
 
 
 class Batch(NamedTuple):
@@ -58,6 +58,22 @@ def num_batches(num_examples: int, batch_size: int, *, drop_remainder: bool = Tr
     return n // b if drop_remainder else -(-n // b)
 
 
+def epoch_order(num_examples: int, *, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """The order in which :func:`batches` visits the examples in epoch ``epoch`` (int64 indices):
+    batch ``i`` holds ``order[i * batch_size:(i + 1) * batch_size]``.
+
+    Example:
+        >>> epoch_order(5, seed=0, epoch=0, shuffle=False).tolist()
+        [0, 1, 2, 3, 4]
+        >>> bool((epoch_order(5, seed=1, epoch=2) == epoch_order(5, seed=1, epoch=2)).all())
+        True
+    """
+    n = _check_int(num_examples, "num_examples", 0)
+    seed, epoch = _check_int(seed, "seed", 0), _check_int(epoch, "epoch", 0)
+    # A fresh Generator from (seed, epoch): no state is carried between epochs or calls.
+    return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+
+
 def batches(
     images: np.ndarray,
     labels: np.ndarray,
@@ -86,9 +102,7 @@ def batches(
         )
     n = labels.shape[0]
     count = num_batches(n, batch_size, drop_remainder=drop_remainder)
-    seed, epoch = _check_int(seed, "seed", 0), _check_int(epoch, "epoch", 0)
-    # A fresh Generator from (seed, epoch): no state is carried between epochs or calls.
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    order = epoch_order(n, seed=seed, epoch=epoch, shuffle=shuffle)
     return _yield(images, labels, order, batch_size, count)
 
 

@@ -7,7 +7,13 @@ Run ``r`` of a group does what ``jaxprune.train.fit(model, states[r], tx, *data[
   step, each run on its own, ``os.cpu_count()`` runs at a time in threads. Bit-identical to ``fit``
   for MLPs on XLA:CPU.
 * ``'vmap'``: the runs stacked on a leading axis, every step ``jax.vmap`` of the train step: one
-  program trains all runs at once. Equal to ``fit`` only up to rounding (see docs/vmapped.md).
+  program trains ``vmap_size`` runs at once (all of them on an accelerator; on a CPU backend slices of
+  :data:`CPU_VMAP_SIZE` runs, ``os.cpu_count()`` slices at a time in threads). Equal to ``fit`` only
+  up to rounding (see docs/vmapped.md).
+
+Both gather each step's batch on the device from the whole training set (held once per distinct
+set), by the indices of :func:`jaxprune.data.epoch_order`: the batches ``fit`` takes, without copying
+them on the host.
 
 Used by :mod:`jaxprune.sweep.vmapped` (which decides what may be grouped and runs the methods).
 """
@@ -25,13 +31,15 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxprune.data import batches, num_batches
+from jaxprune.data import epoch_order, num_batches
 from jaxprune.errors import ConfigError
 from jaxprune.train import TrainState, make_train_step
 
 __all__ = ["STRATEGIES", "fit_group"]
 
 STRATEGIES = ("vmap", "scan")
+#: Runs per vmapped program on a CPU backend when ``fit_group(vmap_size=None)``; see docs/vmapped.md.
+CPU_VMAP_SIZE = 2
 
 
 def _stack(trees: Sequence[Any]) -> Any:
@@ -43,20 +51,22 @@ def _unstack(tree: Any, n: int) -> list[Any]:
 
 
 def _chunk_runner(model: Any, tx: optax.GradientTransformation, vmapped: bool) -> Callable:
-    """``run(state, xs, ys, valid) -> state``: ``xs.shape[0]`` train steps in one jitted ``lax.scan``
-    (of the vmapped step when ``vmapped``); steps where ``valid`` is False leave the state as it is
-    (padding, so an epoch's last, shorter chunk reuses the compiled program). The state is donated."""
+    """``run(state, images, labels, idx, valid) -> state``: ``idx.shape[0]`` train steps in one jitted
+    ``lax.scan``; step ``t`` trains on the batch ``images[idx[t]], labels[idx[t]]`` (``idx[t]`` is
+    ``[batch]``, or ``[runs, batch]`` for the vmapped step when ``vmapped``), gathered on the device
+    from the whole training set. Steps where ``valid`` is False leave the state as it is (padding, so
+    an epoch's last, shorter chunk reuses the compiled program). The state is donated."""
     step = make_train_step(model, tx)
     if vmapped:
         step = jax.vmap(step)
 
-    def body(state, inputs):
-        x, y, ok = inputs
-        return jax.lax.cond(ok, lambda s: step(s, x, y)[0], lambda s: s, state), None
-
     @functools.partial(jax.jit, donate_argnums=0)
-    def run(state, xs, ys, valid):
-        return jax.lax.scan(body, state, (xs, ys, valid))[0]
+    def run(state, images, labels, idx, valid):
+        def body(state, inputs):
+            i, ok = inputs
+            return jax.lax.cond(ok, lambda s: step(s, images[i], labels[i])[0], lambda s: s, state), None
+
+        return jax.lax.scan(body, state, (idx, valid))[0]
 
     return run
 
@@ -71,6 +81,26 @@ def _chunk_size(steps: int, chunk: int) -> int:
     return -(-steps // calls)
 
 
+def _vmap_size(vmap_size: int | None, runs: int) -> int:
+    """Runs per vmapped program: ``vmap_size``, or by default :data:`CPU_VMAP_SIZE` on a CPU backend
+    (measured best on 2 cores, docs/vmapped.md) and every run in one program elsewhere."""
+    if vmap_size is None:
+        vmap_size = CPU_VMAP_SIZE if jax.default_backend() == "cpu" else runs
+    return max(1, min(vmap_size, runs))
+
+
+def _slices(runs: int, size: int) -> list[range]:
+    """``runs`` split into ``ceil(runs / size)`` consecutive slices, as even as possible (so at most
+    two programs of different batch sizes compile).
+
+    >>> [list(r) for r in _slices(7, 2)], [list(r) for r in _slices(8, 3)]
+    ([[0], [1, 2], [3, 4], [5, 6]], [[0, 1], [2, 3, 4], [5, 6, 7]])
+    """
+    count = -(-runs // size)
+    bounds = [runs * i // count for i in range(count + 1)]
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
 def _check_same(trees: Sequence[Any], what: str) -> None:
     def signature(tree: Any) -> tuple:
         leaves = jax.tree.leaves(tree)
@@ -82,29 +112,44 @@ def _check_same(trees: Sequence[Any], what: str) -> None:
             raise ConfigError(f"{what}[{i}] does not match {what}[0] in tree structure, shapes or dtypes")
 
 
-def _epoch_chunks(data: Sequence[tuple[np.ndarray, np.ndarray]], seeds: Sequence[int], epoch: int,
-                  batch_size: int, steps: int, k: int):
-    """Yields ``(xs, ys, valid)``: ``[k, R, batch, ...]`` images, ``[k, R, batch]`` labels, ``[k]``
-    flags; the next ``k`` batches of every run, each run's from ``batches(*data[r], batch_size,
-    seed=seeds[r], epoch=epoch)``, the last chunk of the epoch padded with zeros (``valid`` False)."""
-    its = [batches(x, y, batch_size, seed=s, epoch=epoch) for (x, y), s in zip(data, seeds)]
-    x0, y0 = np.asarray(data[0][0]), np.asarray(data[0][1])
+def _device_data(data: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[jax.Array, jax.Array, list[int]]:
+    """Every distinct training set of ``data`` once on the device (concatenated) and each run's offset
+    into it: runs that share their data (the same arrays, or equal ones) share one copy."""
+    unique: list[tuple[np.ndarray, np.ndarray]] = []
+    offsets, where = [], 0
+    for x, y in data:
+        x, y = np.asarray(x), np.asarray(y)
+        for j, (ux, uy) in enumerate(unique):
+            if (ux is x or np.array_equal(ux, x)) and (uy is y or np.array_equal(uy, y)):
+                offsets.append(j * len(y))
+                break
+        else:
+            offsets.append(len(unique) * len(y))
+            unique.append((x, y))
+    images = np.concatenate([x for x, _ in unique]) if len(unique) > 1 else unique[0][0]
+    labels = np.concatenate([y for _, y in unique]) if len(unique) > 1 else unique[0][1]
+    return jnp.asarray(images), jnp.asarray(labels), offsets
+
+
+def _epoch_indices(n: int, seeds: Sequence[int], offsets: Sequence[int], epoch: int, batch_size: int,
+                   steps: int, k: int):
+    """Yields ``(idx, valid)``: ``[k, R, batch]`` int32 indices into the device data and ``[k]`` flags;
+    the next ``k`` batches of every run, run ``r``'s exactly those of ``batches(*data[r], batch_size,
+    seed=seeds[r], epoch=epoch)`` (same :func:`~jaxprune.data.epoch_order`, last partial batch
+    dropped), the last chunk of the epoch padded with index 0 (``valid`` False)."""
+    order = np.stack([epoch_order(n, seed=s, epoch=epoch)[:steps * batch_size].reshape(steps, batch_size)
+                      + off for s, off in zip(seeds, offsets)], axis=1).astype(np.int32)
     for start in range(0, steps, k):
-        n = min(k, steps - start)
-        # A fresh buffer per chunk: the previous one may still be read by the running program.
-        xs = np.zeros((k, len(its), batch_size, *x0.shape[1:]), x0.dtype)
-        ys = np.zeros((k, len(its), batch_size), y0.dtype)
-        for i in range(n):
-            for r, it in enumerate(its):
-                b = next(it)
-                xs[i, r], ys[i, r] = b.images, b.labels
-        yield xs, ys, np.arange(k) < n
+        m = min(k, steps - start)
+        idx = np.zeros((k, len(seeds), batch_size), np.int32)
+        idx[:m] = order[start:start + m]
+        yield idx, np.arange(k) < m
 
 
 def fit_group(model: Any, states: Sequence[TrainState], tx: optax.GradientTransformation,
               data: Sequence[tuple[np.ndarray, np.ndarray]], *, epochs: int, batch_size: int,
               seeds: Sequence[int], first_epoch: int = 0, chunk: int = 64, strategy: str = "scan",
-              workers: int | None = None, desc: str = "group",
+              workers: int | None = None, vmap_size: int | None = None, desc: str = "group",
               progress: bool = False) -> list[TrainState]:
     """Trains R runs as one group: run ``r`` does what ``fit(model, states[r], tx, *data[r],
     seed=seeds[r], epochs=..., batch_size=..., first_epoch=...)`` does.
@@ -115,8 +160,9 @@ def fit_group(model: Any, states: Sequence[TrainState], tx: optax.GradientTransf
     (the last partial batch dropped, as in ``fit``), up to ``chunk`` steps per call of one jitted
     ``lax.scan`` (an epoch's last call is padded with skipped steps, so it compiles once).
     ``strategy``: ``'scan'`` (bit-identical to ``fit`` for MLPs on XLA:CPU; ``workers`` runs at a
-    time in threads, default ``os.cpu_count()``) or ``'vmap'`` (all runs under one ``jax.vmap``;
-    equal only up to rounding that grows with training, see module docs).
+    time in threads, default ``os.cpu_count()``) or ``'vmap'`` (``vmap_size`` runs per ``jax.vmap``
+    program, default all runs, or :data:`CPU_VMAP_SIZE` on a CPU backend; ``workers`` such slices at
+    a time in threads; equal only up to rounding that grows with training, see module docs).
 
     Example:
         >>> from jaxprune.models import MLP, init_params
@@ -142,6 +188,11 @@ def fit_group(model: Any, states: Sequence[TrainState], tx: optax.GradientTransf
             raise ConfigError(f"fit_group: {name} must be an integer >= {low}, got {value!r}")
     if strategy not in STRATEGIES:
         raise ConfigError(f"fit_group: strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if vmap_size is not None and (not isinstance(vmap_size, (int, np.integer)) or isinstance(vmap_size, bool)
+                                  or vmap_size < 1):
+        raise ConfigError(f"fit_group: vmap_size must be None or an integer >= 1, got {vmap_size!r}")
+    if vmap_size is not None and strategy != "vmap":
+        raise ConfigError(f"fit_group: vmap_size applies to strategy='vmap' only, got strategy={strategy!r}")
     _check_same(states, "states")
     _check_same([(np.asarray(x)[:1], np.asarray(y)[:1]) for x, y in data], "data")
     n = len(data[0][1])
@@ -152,34 +203,34 @@ def fit_group(model: Any, states: Sequence[TrainState], tx: optax.GradientTransf
         return states
     steps = num_batches(n, batch_size)
     r_count = len(states)
-    run = _chunk_runner(model, tx, vmapped=strategy == "vmap")
+    vmapped = strategy == "vmap"
+    run = _chunk_runner(model, tx, vmapped=vmapped)
     k = _chunk_size(steps, chunk)
+    slices = _slices(r_count, _vmap_size(vmap_size, r_count) if vmapped else 1)
     bar = tqdm(total=epochs * steps * r_count, desc=f"{desc} x{r_count} ({strategy})",
                disable=not progress, leave=False, mininterval=0.5)
-    if strategy == "vmap":
-        state = _stack(states)  # fresh arrays: safe to donate
-        for epoch in range(first_epoch, first_epoch + epochs):
-            for xs, ys, valid in _epoch_chunks(data, seeds, epoch, batch_size, steps, k):
-                state = run(state, xs, ys, valid)
-                bar.update(int(valid.sum()) * r_count)
-        out = _unstack(state, r_count)
-    else:
-        def train_one(r: int) -> TrainState:
-            state = jax.tree.map(jnp.copy, states[r])  # the caller's arrays are not donated
-            for epoch in range(first_epoch, first_epoch + epochs):
-                for xs, ys, valid in _epoch_chunks(data[r:r + 1], seeds[r:r + 1], epoch, batch_size,
-                                                   steps, k):
-                    state = run(state, xs[:, 0], ys[:, 0], valid)
-                    bar.update(int(valid.sum()))
-            return jax.block_until_ready(state)
 
-        threads = min(r_count, workers or os.cpu_count() or 1)
-        if threads == 1:
-            out = [train_one(r) for r in range(r_count)]
-        else:
-            # Independent runs of one compiled program, `threads` at a time: XLA releases the GIL
-            # while it runs, and one small run does not keep every core busy.
-            with ThreadPoolExecutor(threads, thread_name_prefix="fit_group") as pool:
-                out = list(pool.map(train_one, range(r_count)))
+    images, labels, offsets = _device_data(data)
+
+    def train_slice(runs: range) -> list[TrainState]:
+        # A fresh copy (stacked, or copied for one run): the caller's arrays are never donated.
+        state = _stack([states[r] for r in runs]) if vmapped else jax.tree.map(jnp.copy, states[runs[0]])
+        for epoch in range(first_epoch, first_epoch + epochs):
+            for idx, valid in _epoch_indices(n, seeds[runs.start:runs.stop], offsets[runs.start:runs.stop],
+                                             epoch, batch_size, steps, k):
+                state = run(state, images, labels, idx if vmapped else idx[:, 0], valid)
+                bar.update(int(valid.sum()) * len(runs))
+        state = jax.block_until_ready(state)
+        return _unstack(state, len(runs)) if vmapped else [state]
+
+    threads = min(len(slices), workers or os.cpu_count() or 1)
+    if threads == 1:
+        parts = [train_slice(idx) for idx in slices]
+    else:
+        # Independent slices of one compiled program, `threads` at a time: XLA releases the GIL
+        # while it runs, and one small program does not keep every core busy.
+        with ThreadPoolExecutor(threads, thread_name_prefix="fit_group") as pool:
+            parts = list(pool.map(train_slice, slices))
+    out = [st for part in parts for st in part]
     bar.close()
     return out
