@@ -8,18 +8,23 @@ one epoch is exactly ``--steps`` steps. ``--axis seed`` (default): 8 seeds, dens
 fine-tuning phase of ``one_shot``).
 
 Paths, interleaved, median of ``--repeats``: ``one_by_one`` (``fit`` per run, as
-``train_and_evaluate`` does), ``vmapped`` (``fit_group(strategy='vmap')``: one program for all runs)
-and ``scan`` (``fit_group(strategy='scan')``, the default: one scanned program per run, ``os.cpu_count()``
-runs at a time in threads). ``group_speedup``: one by one vs the faster of the two grouped paths.
+``train_and_evaluate`` does), ``vmapped`` (``fit_group(strategy='vmap')``: ``jax.vmap`` programs of
+``vmap_size`` runs, on CPU slices of 2 runs, ``os.cpu_count()`` slices at a time in threads) and
+``scan`` (``fit_group(strategy='scan')``, the default: one scanned program per run,
+``os.cpu_count()`` runs at a time in threads). ``group_speedup``: one by one vs the faster of the two grouped paths.
 
 Compile time: the headline ratios (``vmap_speedup``, ``scan_speedup``) are measured with XLA's
 persistent compilation cache on and warm, as ``jaxprune sweep`` runs: compilation itself is EXCLUDED
 (a cache hit), Python tracing/lowering of each call is included. ``*_cold`` fields: no persistent
 cache, so every ``fit`` call (and every ``fit_group`` call) compiles: compile INCLUDED.
 ``steady_ms_per_run_step``: pre-compiled programs only (fit's per-step loop over one compiled step vs
-the compiled scans, run after run, no threads). Prints one JSON line.
+the compiled scans, slice after slice / run after run, no threads). Prints one JSON line.
 
-Usage: python scripts/bench_sweep.py [--axis seed|sparsity] [--steps 300] [--repeats 3]
+``--grid``: only compiled programs of 1 (the scanned step), 2, 4 or 8 runs (its ``vmap``), 1, 2 or 4
+programs at a time in threads, ms per run-step (the table in docs/vmapped.md; run it under
+``taskset -c 0`` for one core).
+
+Usage: python scripts/bench_sweep.py [--axis seed|sparsity] [--steps 300] [--repeats 5] [--grid]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.experimental.compilation_cache import compilation_cache
@@ -136,6 +142,36 @@ def _steady(model, states, tx, x, y, seeds, batch, steps, repeats):
     return _timed(fns, repeats)
 
 
+def _grid(model, states, tx, x, y, seeds, batch, steps, repeats) -> dict:
+    """Compiled programs only: ms per run-step for ``size`` runs per program (1 = the scanned step
+    without vmap, else its vmap) and ``threads`` programs at a time, over all 8 runs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    images, labels, offsets = _device_data([(x, y)])
+    k = _chunk_size(steps, 64)
+    out = {}
+    for size in (1, 2, 4, 8):
+        run = _chunk_runner(model, tx, size > 1)
+        slices = _slices(len(states), size)
+        chunks = [list(_epoch_indices(len(y), [seeds[r] for r in sl], offsets * len(sl), 0, batch, steps, k))
+                  for sl in slices]
+
+        def train(i, run=run, slices=slices, chunks=chunks):
+            st = _stack([states[r] for r in slices[i]]) if size > 1 else jax.tree.map(jnp.copy, states[i])
+            for idx, valid in chunks[i]:
+                st = run(st, images, labels, idx if size > 1 else idx[:, 0], valid)
+            return jax.block_until_ready(st)
+
+        train(0)  # compile
+        for threads in (1, 2, 4):
+            if threads > len(slices):
+                continue
+            with ThreadPoolExecutor(threads) as pool:
+                t = _timed({"t": lambda: list(pool.map(train, range(len(slices))))}, repeats)["t"]
+            out[f"{size}x{threads}"] = round(t / (len(states) * steps) * 1e3, 3)
+    return out
+
+
 def _timed(paths: dict, repeats: int) -> dict:
     times = {k: [] for k in paths}
     for _ in range(repeats):
@@ -151,10 +187,18 @@ def main() -> None:
     ap.add_argument("--axis", choices=("seed", "sparsity"), default="seed")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--grid", action="store_true",
+                    help="only the compiled ms per run-step for 1/2/4/8 runs per program x 1/2/4 threads")
     args = ap.parse_args()
     x, y, source = _data(args.steps * args.batch)
     model, states, tx, seeds = _setup(args.axis)
+    if args.grid:
+        grid = _grid(model, states, tx, x, y, seeds, args.batch, args.steps, args.repeats)
+        print(json.dumps({"ms_per_run_step": grid, "key": "runs per program x threads", "axis": args.axis,
+                          "steps": args.steps, "batch": args.batch, "repeats": args.repeats, "data": source,
+                          "cpus_usable": len(os.sched_getaffinity(0))}))
+        return
     load = os.getloadavg()[0]
     paths = {
         "one_by_one": lambda: _one_by_one(model, states, tx, x, y, seeds, args.batch),
@@ -183,8 +227,8 @@ def main() -> None:
         "seconds_cold": {k: round(cold[k], 3) for k in paths},
         "steady_ms_per_run_step": {k: round(v / run_steps * 1e3, 3) for k, v in steady.items()},
         "compile": "excluded (persistent cache warm) in *_speedup; included in *_cold",
-        "vmap_size": _vmap_size(None, RUNS), "workers": os.cpu_count(), "axis": args.axis, "runs": RUNS, "steps": args.steps, "batch": args.batch,
-        "repeats": args.repeats, "data": source, "model": "lenet300", "backend": jax.default_backend(),
+        "vmap_size": _vmap_size(None, RUNS), "workers": os.cpu_count(), "axis": args.axis, "runs": RUNS,
+        "steps": args.steps, "batch": args.batch, "repeats": args.repeats, "data": source, "model": "lenet300", "backend": jax.default_backend(),
         "cpus": os.cpu_count(), "load_avg_1m_at_start": round(load, 2),
     }))
 
