@@ -116,7 +116,7 @@ def _device_data(data: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[jax.Arr
     """Every distinct training set of ``data`` once on the device (concatenated) and each run's offset
     into it: runs that share their data (the same arrays, or equal ones) share one copy."""
     unique: list[tuple[np.ndarray, np.ndarray]] = []
-    offsets, where = [], 0
+    offsets: list[int] = []
     for x, y in data:
         x, y = np.asarray(x), np.asarray(y)
         for j, (ux, uy) in enumerate(unique):
