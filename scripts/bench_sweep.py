@@ -30,6 +30,7 @@ Usage: python scripts/bench_sweep.py [--axis seed|sparsity] [--steps 300] [--rep
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -176,6 +177,7 @@ def _timed(paths: dict, repeats: int) -> dict:
     times = {k: [] for k in paths}
     for _ in range(repeats):
         for k, f in paths.items():
+            gc.collect()  # the previous path's garbage is not collected on this path's clock
             t = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t)
