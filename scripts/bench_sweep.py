@@ -21,7 +21,7 @@ cache, so every ``fit`` call (and every ``fit_group`` call) compiles: compile IN
 the compiled scans, slice after slice / run after run, no threads). Prints one JSON line.
 
 ``--grid``: only compiled programs of 1 (the scanned step), 2, 4 or 8 runs (its ``vmap``), 1, 2 or 4
-programs at a time in threads, ms per run-step (the table in docs/vmapped.md; run it under
+programs at a time in threads, timed interleaved, ms per run-step (the table in docs/vmapped.md; run it under
 ``taskset -c 0`` for one core).
 
 Usage: python scripts/bench_sweep.py [--axis seed|sparsity] [--steps 300] [--repeats 5] [--grid]
@@ -145,19 +145,20 @@ def _steady(model, states, tx, x, y, seeds, batch, steps, repeats):
 
 def _grid(model, states, tx, x, y, seeds, batch, steps, repeats) -> dict:
     """Compiled programs only: ms per run-step for ``size`` runs per program (1 = the scanned step
-    without vmap, else its vmap) and ``threads`` programs at a time, over all 8 runs."""
+    without vmap, else its vmap) and ``threads`` programs at a time, over all 8 runs; every setting
+    compiled first, then timed interleaved (``repeats`` rounds, median)."""
     from concurrent.futures import ThreadPoolExecutor
 
     images, labels, offsets = _device_data([(x, y)])
     k = _chunk_size(steps, 64)
-    out = {}
+    paths, pools = {}, []
     for size in (1, 2, 4, 8):
         run = _chunk_runner(model, tx, size > 1)
         slices = _slices(len(states), size)
         chunks = [list(_epoch_indices(len(y), [seeds[r] for r in sl], offsets * len(sl), 0, batch, steps, k))
                   for sl in slices]
 
-        def train(i, run=run, slices=slices, chunks=chunks):
+        def train(i, run=run, size=size, slices=slices, chunks=chunks):
             st = _stack([states[r] for r in slices[i]]) if size > 1 else jax.tree.map(jnp.copy, states[i])
             for idx, valid in chunks[i]:
                 st = run(st, images, labels, idx if size > 1 else idx[:, 0], valid)
@@ -165,12 +166,14 @@ def _grid(model, states, tx, x, y, seeds, batch, steps, repeats) -> dict:
 
         train(0)  # compile
         for threads in (1, 2, 4):
-            if threads > len(slices):
-                continue
-            with ThreadPoolExecutor(threads) as pool:
-                t = _timed({"t": lambda: list(pool.map(train, range(len(slices))))}, repeats)["t"]
-            out[f"{size}x{threads}"] = round(t / (len(states) * steps) * 1e3, 3)
-    return out
+            if threads <= len(slices):
+                pools.append(ThreadPoolExecutor(threads))
+                paths[f"{size}x{threads}"] = (lambda pool=pools[-1], train=train, n=len(slices):
+                                              list(pool.map(train, range(n))))
+    times = _timed(paths, repeats)
+    for pool in pools:
+        pool.shutdown()
+    return {key: round(t / (len(states) * steps) * 1e3, 3) for key, t in times.items()}
 
 
 def _timed(paths: dict, repeats: int) -> dict:
