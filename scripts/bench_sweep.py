@@ -36,6 +36,7 @@ import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -98,11 +99,28 @@ def _together(model, states, tx, x, y, seeds, batch, strategy):
     return jax.block_until_ready(out)
 
 
+def _slice_trainer(model, tx, states, seeds, x, y, batch, steps, size):
+    """``(train, n)``: ``train(i)`` trains slice ``i`` of ``size`` runs (1: the scanned step, else its
+    vmap) for one epoch with pre-compiled programs, as ``fit_group`` does; ``n`` slices in all."""
+    images, labels, offsets = _device_data([(x, y)])
+    run, k = _chunk_runner(model, tx, size > 1), _chunk_size(steps, 64)
+    slices = _slices(len(states), size)
+    chunks = [list(_epoch_indices(len(y), [seeds[r] for r in sl], offsets * len(sl), 0, batch, steps, k))
+              for sl in slices]
+
+    def train(i):
+        st = _stack([states[r] for r in slices[i]]) if size > 1 else jax.tree.map(jnp.copy, states[i])
+        for idx, valid in chunks[i]:
+            st = run(st, images, labels, idx if size > 1 else idx[:, 0], valid)
+        return jax.block_until_ready(st)
+
+    train(0)  # compile
+    return train, len(slices)
+
+
 def _steady(model, states, tx, x, y, seeds, batch, steps, repeats):
     """Compile-excluded times: fit's per-step loop over one compiled step vs compiled scans."""
     step = make_train_step(model, tx)
-    vrun, srun = _chunk_runner(model, tx, True), _chunk_runner(model, tx, False)
-    k = _chunk_size(steps, 64)
 
     def seq():
         out = []
@@ -115,31 +133,12 @@ def _steady(model, states, tx, x, y, seeds, batch, steps, repeats):
             out.append(st)
         return jax.block_until_ready(out)
 
-    images, labels, offsets = _device_data([(x, y)])
-    size = _vmap_size(None, len(states))
-
-    def vmap():  # the default slices of `size` runs, one after the other
-        out = []
-        for sl in _slices(len(states), size):
-            st = _stack([states[r] for r in sl])
-            for idx, valid in _epoch_indices(len(y), [seeds[r] for r in sl], offsets * len(sl), 0, batch,
-                                             steps, k):
-                st = vrun(st, images, labels, idx, valid)
-            out.append(st)
-        return jax.block_until_ready(out)
-
-    def scan():
-        out = []
-        for r, s in enumerate(seeds):
-            st = jax.tree.map(lambda a: a.copy(), states[r])
-            for idx, valid in _epoch_indices(len(y), [s], offsets, 0, batch, steps, k):
-                st = srun(st, images, labels, idx[:, 0], valid)
-            out.append(st)
-        return jax.block_until_ready(out)
-
-    fns = {"one_by_one": seq, "vmapped": vmap, "scan": scan}
-    for f in fns.values():
-        f()  # compile
+    fns = {"one_by_one": seq}
+    # The default vmap slices, then single runs, one after the other (no threads).
+    for name, size in (("vmapped", _vmap_size(None, len(states))), ("scan", 1)):
+        train, n = _slice_trainer(model, tx, states, seeds, x, y, batch, steps, size)
+        fns[name] = lambda train=train, n=n: [train(i) for i in range(n)]
+    seq()  # compile
     return _timed(fns, repeats)
 
 
@@ -147,29 +146,13 @@ def _grid(model, states, tx, x, y, seeds, batch, steps, repeats) -> dict:
     """Compiled programs only: ms per run-step for ``size`` runs per program (1 = the scanned step
     without vmap, else its vmap) and ``threads`` programs at a time, over all 8 runs; every setting
     compiled first, then timed interleaved (``repeats`` rounds, median)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    images, labels, offsets = _device_data([(x, y)])
-    k = _chunk_size(steps, 64)
     paths, pools = {}, []
     for size in (1, 2, 4, 8):
-        run = _chunk_runner(model, tx, size > 1)
-        slices = _slices(len(states), size)
-        chunks = [list(_epoch_indices(len(y), [seeds[r] for r in sl], offsets * len(sl), 0, batch, steps, k))
-                  for sl in slices]
-
-        def train(i, run=run, size=size, slices=slices, chunks=chunks):
-            st = _stack([states[r] for r in slices[i]]) if size > 1 else jax.tree.map(jnp.copy, states[i])
-            for idx, valid in chunks[i]:
-                st = run(st, images, labels, idx if size > 1 else idx[:, 0], valid)
-            return jax.block_until_ready(st)
-
-        train(0)  # compile
+        train, n = _slice_trainer(model, tx, states, seeds, x, y, batch, steps, size)
         for threads in (1, 2, 4):
-            if threads <= len(slices):
+            if threads <= n:
                 pools.append(ThreadPoolExecutor(threads))
-                paths[f"{size}x{threads}"] = (lambda pool=pools[-1], train=train, n=len(slices):
-                                              list(pool.map(train, range(n))))
+                paths[f"{size}x{threads}"] = lambda pool=pools[-1], train=train, n=n: list(pool.map(train, range(n)))
     times = _timed(paths, repeats)
     for pool in pools:
         pool.shutdown()
