@@ -178,9 +178,10 @@ def fit_group(model: Any, states: Sequence[TrainState], tx: optax.GradientTransf
     if not states or len(states) != len(data) or len(states) != len(seeds):
         raise ConfigError(f"fit_group: states, data and seeds must be non-empty and of one length, "
                           f"got {len(states)}, {len(data)}, {len(seeds)}")
-    if workers is not None and (not isinstance(workers, (int, np.integer)) or isinstance(workers, bool)
-                                or workers < 1):
-        raise ConfigError(f"fit_group: workers must be None or an integer >= 1, got {workers!r}")
+    for name, value in (("workers", workers), ("vmap_size", vmap_size)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
+                                  or value < 1):
+            raise ConfigError(f"fit_group: {name} must be None or an integer >= 1, got {value!r}")
     for name, value, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1), ("chunk", chunk, 1),
                              ("first_epoch", first_epoch, 0), *((f"seeds[{i}]", s, 0)
                                                                  for i, s in enumerate(seeds))):
@@ -188,9 +189,6 @@ def fit_group(model: Any, states: Sequence[TrainState], tx: optax.GradientTransf
             raise ConfigError(f"fit_group: {name} must be an integer >= {low}, got {value!r}")
     if strategy not in STRATEGIES:
         raise ConfigError(f"fit_group: strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if vmap_size is not None and (not isinstance(vmap_size, (int, np.integer)) or isinstance(vmap_size, bool)
-                                  or vmap_size < 1):
-        raise ConfigError(f"fit_group: vmap_size must be None or an integer >= 1, got {vmap_size!r}")
     if vmap_size is not None and strategy != "vmap":
         raise ConfigError(f"fit_group: vmap_size applies to strategy='vmap' only, got strategy={strategy!r}")
     _check_same(states, "states")
