@@ -6,6 +6,9 @@
 
 User errors (bad config, unknown dataset, missing files, bad values) print one ``error:`` line and
 exit with status 2, without a traceback.
+
+On start the command calls :func:`jaxprune.hostmem.keep_freed_memory` (glibc keeps the memory freed
+by XLA's per-step buffers for reuse; ``JAXPRUNE_MALLOC=default`` turns it off).
 """
 
 from __future__ import annotations
@@ -119,6 +122,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        from jaxprune.hostmem import keep_freed_memory
+        keep_freed_memory()
         return args.func(args)
     except ValueError as err:  # PruningError / DataError / ConfigError and other bad values
         print(f"error: {err}", file=sys.stderr)

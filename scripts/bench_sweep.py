@@ -24,7 +24,10 @@ the compiled scans, slice after slice / run after run, no threads). Prints one J
 programs at a time in threads, timed interleaved, ms per run-step (the table in docs/vmapped.md; run it under
 ``taskset -c 0`` for one core).
 
-Usage: python scripts/bench_sweep.py [--axis seed|sparsity] [--steps 300] [--repeats 5] [--grid]
+``--malloc keep`` (default, as ``jaxprune sweep`` runs): ``jaxprune.hostmem.keep_freed_memory()`` first;
+``--malloc default``: glibc's own allocator settings. Both paths run under the same setting.
+
+Usage: python scripts/bench_sweep.py [--axis seed|sparsity] [--steps 300] [--repeats 5] [--grid] [--malloc keep|default]
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from jax.experimental.compilation_cache import compilation_cache
 from jaxprune import data as jdata
 from jaxprune.allocate import uniform_sparsity
 from jaxprune.errors import DataError
+from jaxprune.hostmem import keep_freed_memory
 from jaxprune.masks import apply_masks
 from jaxprune.models import get_model, init_params
 from jaxprune.scores import magnitude_scores
@@ -178,14 +182,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--grid", action="store_true",
                     help="only the compiled ms per run-step for 1/2/4/8 runs per program x 1/2/4 threads")
+    ap.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                    help="keep: jaxprune.hostmem.keep_freed_memory() first (as jaxprune sweep); default: glibc's own")
     args = ap.parse_args()
+    malloc = "keep" if args.malloc == "keep" and keep_freed_memory() else "default"
     x, y, source = _data(args.steps * args.batch)
     model, states, tx, seeds = _setup(args.axis)
     if args.grid:
         grid = _grid(model, states, tx, x, y, seeds, args.batch, args.steps, args.repeats)
         print(json.dumps({"ms_per_run_step": grid, "key": "runs per program x threads", "axis": args.axis,
                           "steps": args.steps, "batch": args.batch, "repeats": args.repeats, "data": source,
-                          "cpus_usable": len(os.sched_getaffinity(0))}))
+                          "cpus_usable": len(os.sched_getaffinity(0)), "malloc": malloc}))
         return
     load = os.getloadavg()[0]
     paths = {
@@ -217,7 +224,7 @@ def main() -> None:
         "compile": "excluded (persistent cache warm) in *_speedup; included in *_cold",
         "vmap_size": _vmap_size(None, RUNS), "workers": os.cpu_count(), "axis": args.axis, "runs": RUNS,
         "steps": args.steps, "batch": args.batch, "repeats": args.repeats, "data": source, "model": "lenet300", "backend": jax.default_backend(),
-        "cpus": os.cpu_count(), "load_avg_1m_at_start": round(load, 2),
+        "cpus": os.cpu_count(), "load_avg_1m_at_start": round(load, 2), "malloc": malloc,
     }))
 
 

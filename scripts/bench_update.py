@@ -6,7 +6,11 @@ schedule that recomputes the magnitude masks at 90 % sparsity on every step, lay
 global. Prints one JSON line with the worse of layerwise and global per model:
 {"lenet300_update_vs_step": ..., "wide_mlp_update_vs_step": ...}.
 
-Usage: python scripts/bench_update.py [--steps 60]
+``--malloc keep`` (default, as the ``jaxprune`` command runs): glibc keeps memory freed by each step's
+buffers for reuse (``jaxprune.hostmem.keep_freed_memory``); ``--malloc default``: glibc's own settings,
+where the global update's 3 MB of scratch is page-faulted in again on every step.
+
+Usage: python scripts/bench_update.py [--steps 60] [--malloc keep|default]
 """
 
 import argparse
@@ -16,6 +20,7 @@ import statistics
 import jax
 import optax
 
+from jaxprune.hostmem import keep_freed_memory
 from jaxprune.models import MLP, init_params
 from jaxprune.recipes import mask_update
 from jaxprune.train import constant, create_train_state, make_train_step, pruning
@@ -49,7 +54,11 @@ def case(features, in_dim, batch, steps):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                    help="keep: jaxprune.hostmem.keep_freed_memory() first (as the jaxprune command); "
+                         "default: glibc's own settings")
     args = ap.parse_args()
+    kept = keep_freed_memory() if args.malloc == "keep" else False
     res = {}
     for name, (features, d, b) in {"lenet300": ((300, 100, 10), 784, 128),
                                    "wide_mlp": ((1024,) * 4 + (10,), 1024, 256)}.items():
@@ -59,6 +68,7 @@ def main():
         res[f"{name}_global_vs_step"] = round(med["global"] / med["dense"], 3)
         res[f"{name}_dense_ms"] = round(1e3 * med["dense"], 3)
     res["device"] = jax.devices()[0].platform
+    res["malloc"] = "keep" if kept else "default"
     print(json.dumps(res))
 
 
