@@ -59,8 +59,9 @@ def keep_freed_memory(*, trim_threshold: int = 1 << 30, mmap_threshold: int = 32
 
     Sets glibc's ``M_MMAP_THRESHOLD`` (blocks up to this many bytes come from the heap; larger ones
     are still mapped on their own) and ``M_TRIM_THRESHOLD`` (free bytes at the heap's top before it
-    is trimmed) for the whole process. Returns True when both were set; False where the C library is not glibc or
-    ``JAXPRUNE_MALLOC=default`` is set (nothing changed). See the module docs for what it costs.
+    is trimmed) for the whole process. Returns True when both were set; False where the C library
+    is not glibc or ``JAXPRUNE_MALLOC=default`` is set (nothing changed). See the module docs for
+    what it costs.
 
     Example:
         >>> keep_freed_memory() in (True, False)
