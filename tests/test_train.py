@@ -167,3 +167,115 @@ def test_imp_late_rewinding_by_step_runs_and_checks_range(tmp_path):
     assert r["imp_rounds"] == 2 and r["sparsity"] == pytest.approx(0.36, abs=1e-3)
     assert main([*base, "rewind_step=100000", "--workdir", str(tmp_path / "b")]) == 2
     assert main([*base, "rewind_step=3", "rewind_epoch=1", "--workdir", str(tmp_path / "c")]) == 2
+
+
+# --------------------------------------------------------------------------- schedule hyperparameters
+
+
+def _user_mlp_problem():
+    from user_models import user_nnx_mlp
+
+    model, x = user_nnx_mlp(0, din=8, hidden=16, classes=4)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    y = jnp.arange(x.shape[0]) % 4
+
+    def loss(p):
+        logits = nnx.merge(graphdef, p, rest)(x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    return params, loss
+
+
+def _pruned_per_leaf(masks):
+    return [int(np.sum(~np.asarray(m))) for m in jax.tree.leaves(masks)]
+
+
+def _want_per_leaf(params, target):
+    return [jp.num_pruned(np.float32(s), x.size) for s, x in
+            zip(jax.tree.leaves(jp.uniform_sparsity(params, float(np.float32(target)))),
+                jax.tree.leaves(params))]
+
+
+def test_set_target_changes_the_target_without_retracing():
+    params, loss = _user_mlp_problem()
+    tx = optax.chain(optax.clip_by_global_norm(1.0),
+                     pruning(optax.adam(1e-2), update_masks=mask_update("magnitude"),
+                             schedule=polynomial(0.0, 0.5, begin=0, end=3)))
+    traces = []
+
+    @jax.jit
+    def step(p, s):
+        traces.append(1)  # runs once per trace, not per call
+        u, s = tx.update(jax.grad(loss)(p), s, p)
+        return optax.apply_updates(p, u), s
+
+    opt_state = tx.init(params)
+    t = 0
+    # Phase 1 reaches 0.5 at step 3; later phases move begin/end past the current step.
+    for target, begin in ((0.5, None), (0.8, 5), (0.3, 10)):
+        if begin is not None:
+            opt_state = jp.train.set_target(opt_state, target, begin=begin, end=begin + 2)
+        for _ in range(5):
+            params, opt_state = step(params, opt_state)
+            t += 1
+        masks = get_masks(opt_state)
+        assert _pruned_per_leaf(masks) == _want_per_leaf(params, target)
+        for w, m in zip(jax.tree.leaves(params), jax.tree.leaves(masks)):
+            assert np.all(np.asarray(w)[~np.asarray(m)] == 0)
+        assert float(opt_state[1].sparsity) == pytest.approx(target)
+    assert len(traces) == 1 and step._cache_size() == 1
+
+
+def test_set_target_finds_the_state_anywhere_and_validates():
+    tx = optax.inject_hyperparams(lambda learning_rate: pruning(
+        optax.sgd(learning_rate), update_masks=mask_update("magnitude"),
+        schedule=constant(0.5, every=10)))(learning_rate=0.1)
+    p = {"w": jnp.ones((4, 4))}
+    s = tx.init(p)
+    s2 = jp.train.set_target(s, 0.75, every=3)
+    inner = s2.inner_state
+    assert float(inner.hyperparams["sparsity"]) == 0.75 and int(inner.hyperparams["every"]) == 3
+    assert inner.hyperparams["sparsity"].dtype == jnp.float32
+    assert inner.hyperparams["every"].dtype == jnp.int32
+    assert float(s.inner_state.hyperparams["sparsity"]) == 0.5  # a new state; the old one is unchanged
+    with pytest.raises(jp.PruningError, match="sparsity must be in"):
+        jp.train.set_target(s, 1.5)
+    with pytest.raises(jp.PruningError, match="sparsity must be in"):
+        jp.train.set_target(s, float("nan"))
+    with pytest.raises(jp.PruningError, match="every must be an integer >= 1"):
+        jp.train.set_target(s, every=0)
+    with pytest.raises(jp.PruningError, match="has no initial"):
+        jp.train.set_target(s, initial=0.1)  # constant() has no initial sparsity
+    with pytest.raises(jp.PruningError, match="precedes begin"):
+        jp.train.set_target(s, begin=20, end=10)
+    with pytest.raises(jp.PruningError, match="no PruningState"):
+        jp.train.set_target(optax.adam(1e-3).init(p), 0.5)
+    with pytest.raises(jp.PruningError, match="at least one"):
+        jp.train.set_target(s)
+    # A stacked (vmapped) state keeps its leading axis; a value per run is accepted too.
+    stacked = jax.tree.map(lambda a: jnp.stack([a, a]), s)
+    assert jp.train.set_target(stacked, 0.9).inner_state.hyperparams["sparsity"].shape == (2,)
+    per_run = jp.train.set_target(stacked, jnp.array([0.2, 0.9]))
+    np.testing.assert_allclose(per_run.inner_state.hyperparams["sparsity"], [0.2, 0.9])
+
+
+def test_schedule_hyperparameters_drive_the_rules():
+    s = polynomial(0.0, 0.9, 0, 10)
+    hp = s.init_hparams()
+    assert set(hp) == {"initial", "sparsity", "begin", "end", "every"}
+    moved = dict(hp, sparsity=jnp.float32(0.5), begin=jnp.int32(5), end=jnp.int32(15))
+    assert float(s.sparsity(4, moved)) == 0.0 and float(s.sparsity(15, moved)) == 0.5
+    assert bool(s.is_update(5, moved)) and not bool(s.is_update(4, moved))
+    it = iterative(0.2, 3, 100)
+    assert float(it.sparsity(300)) == float(np.float32(1 - 0.8 ** 3))  # the last round is exact
+    c = constant(0.5, every=2)
+    assert not bool(c.is_update(3)) and bool(c.is_update(3, dict(c.init_hparams(), every=jnp.int32(3))))
+    assert float(one_shot(0.5, at=2).sparsity(2, {"sparsity": jnp.float32(0.7), "begin": jnp.int32(2)})) \
+        == pytest.approx(0.7)
+
+
+def test_train_exports_snapshot_and_set_target():
+    import jaxprune.train as train
+
+    for name in ("snapshot", "get_snapshot", "set_target", "check_pruned_zero"):
+        assert name in train.__all__ and callable(getattr(train, name))

@@ -4,7 +4,7 @@ SET and RigL keep the number of nonzeros of every pruned leaf exactly constant: 
 drops the ``k`` active weights of lowest magnitude and regrows ``k`` inactive ones — at random (SET) or
 where the dense gradient is largest (RigL). ``k = round(f(t) · active)`` with the cosine-decayed
 drop fraction ``f(t) = α/2 · (1 + cos(π t / T_end))``. Regrown weights start at exactly zero and,
-through :func:`jaxprune.pruning`'s ``reset_moments``, with zeroed optimizer moments. Biases and norm
+through :func:`jaxprune.train.pruning`'s ``reset_moments``, with zeroed optimizer moments. Biases and norm
 scales are never selected, so models with them work (jaxpruner's SET/RigL crash there on current JAX).
 
 STE (straight-through estimator) keeps the dense weights and trains them with the gradient of the
@@ -58,8 +58,9 @@ def dst_schedule(sparsity: float, *, every: int, end: int) -> Schedule:
     """
     if every < 1 or end < 1:
         raise PruningError(f"dst_schedule: every ({every}) and end ({end}) must be >= 1")
-    return Schedule(lambda step: jnp.float32(sparsity),
-                    lambda step: (step > 0) & (step < end) & (step % every == 0))
+    return Schedule(lambda step, hp: hp["sparsity"],
+                    lambda step, hp: (step > 0) & (step < hp["end"]) & (step % hp["every"] == 0),
+                    {"sparsity": float(sparsity), "every": every, "end": end})
 
 
 def _drop_grow(w, g, m, frac, key, regrow: str):
@@ -113,7 +114,8 @@ def random_sparse_masks(params: Any, sparsity: float, key: jax.Array, *, allocat
     """Random masks with ERK (default) or uniform per-layer sparsity: the start of SET/RigL and the
     ``static_sparse`` baseline. Every selected leaf must keep room to regrow (sparsity > 0).
 
-    >>> m = random_sparse_masks({'w': jnp.ones((4, 4))}, 0.5, jax.random.PRNGKey(0), allocation='uniform')
+    >>> m = random_sparse_masks({'w': jnp.ones((4, 4))}, 0.5, jax.random.PRNGKey(0), allocation='uniform',
+    ...                         include='w')
     >>> int(m['w'].sum())
     8
     """

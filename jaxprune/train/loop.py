@@ -27,7 +27,8 @@ from jaxprune.data import batches, eval_batches, num_batches
 from jaxprune.train.checkpoint import (CheckpointWarning, PhaseCheckpoint, Preempted, open_manager,
                                        preemption_guard, restore_phase, save_phase, tree_sha256)
 from jaxprune.train.context import current_run
-from jaxprune.train.parallel import check_batch_size, shard_batch, shard_state, state_shardings
+from jaxprune.train.parallel import (check_batch_size, shard_batch, shard_state, state_shardings,
+                                     steps_ahead)
 
 __all__ = ["TrainState", "create_train_state", "make_train_step", "make_eval_step", "evaluate", "fit"]
 
@@ -167,7 +168,9 @@ def fit(model: Any, state: TrainState, tx: optax.GradientTransformation, images:
         step = jax.jit(_train_step_fn(model, tx, loss_transform),
                        out_shardings=(state_shardings(mesh, state), replicated, replicated))
         put = lambda b: shard_batch(mesh, b.images, b.labels)  # noqa: E731
+        ahead = steps_ahead(mesh)  # XLA:CPU deadlocks a mesh 32 steps behind the host (docs/scale.md)
     else:
+        ahead = None
         step = make_train_step(model, tx, loss_transform)
         put = lambda b: (b.images, b.labels)  # noqa: E731
     log = (ctx.log if ctx is not None else None) or (lambda message: None)
@@ -221,6 +224,8 @@ def fit(model: Any, state: TrainState, tx: optax.GradientTransformation, images:
                 state, loss, acc = step(state, *put(b))
                 losses.append(loss)
                 accs.append(acc)
+                if ahead and len(losses) > ahead:
+                    jax.block_until_ready(losses[-1 - ahead])
                 done += 1
                 bar.update(1)
                 # The last batch of an epoch is saved after on_epoch (below), with the next position.

@@ -31,7 +31,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxprune.errors import ConfigError
 
 __all__ = ["AXES", "MeshSpec", "parse_mesh", "make_mesh", "check_batch_size", "leaf_spec",
-           "state_shardings", "shard_state", "batch_sharding", "shard_batch"]
+           "state_shardings", "shard_state", "batch_sharding", "shard_batch", "MAX_STEPS_AHEAD",
+           "steps_ahead"]
 
 AXES = ("data", "model")
 """The mesh axes jaxprune knows: ``data`` splits batches, ``model`` splits kernels' output dim."""
@@ -122,6 +123,33 @@ def _spec_str(spec: MeshSpec) -> str:
 
 def _axis_size(mesh: Mesh, name: str) -> int:
     return int(mesh.shape[name]) if name in mesh.axis_names else 1
+
+
+MAX_STEPS_AHEAD = 8
+"""How many train steps :func:`~jaxprune.train.fit` lets the host dispatch ahead of a multi-device CPU
+mesh. XLA:CPU lets at most 32 computations per device be in flight; a host 32 or more collective
+steps ahead deadlocks in the all-reduce rendezvous (docs/scale.md, "Why the host waits"). 8 keeps the
+host a few steps ahead, which is all the overlap a CPU backend has to gain."""
+
+
+def steps_ahead(mesh: Optional[Mesh]) -> Optional[int]:
+    """The bound on steps dispatched ahead of ``mesh``'s devices: :data:`MAX_STEPS_AHEAD` for a CPU mesh
+    of two or more devices, ``None`` (no bound) for accelerators, one device or no mesh.
+
+    On XLA:CPU each device of a ``--xla_force_host_platform_device_count`` mesh admits 32 in-flight
+    computations and its launches run on a small shared thread pool. A host that dispatches train steps
+    faster than the devices finish them (any step heavier than the Python loop around it) fills one
+    device's 32 slots first: that device's next launch waits for a slot while the other devices' parts of
+    the same step hold the pool waiting for it in the all-reduce, and XLA aborts the process after 40 s
+    ("Expected 4 threads to join the rendezvous, but only 3 of them arrived", exit 134).
+
+    >>> steps_ahead(None) is None, steps_ahead(make_mesh('data:1')) is None
+    (True, True)
+    """
+    if mesh is None or mesh.devices.size < 2:
+        return None
+    platforms = {d.platform for d in mesh.devices.flat}
+    return MAX_STEPS_AHEAD if platforms == {"cpu"} else None
 
 
 def check_batch_size(mesh: Optional[Mesh], batch_size: int, *, field: str = "batch_size") -> None:

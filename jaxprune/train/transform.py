@@ -2,17 +2,26 @@
 
 ``pruning(inner, ...)`` wraps any optax optimizer. Every step it
 
-1. (on mask-update steps only, chosen by a :class:`~jaxprune.train.schedules.Schedule`) computes new
+1. checks that the weights its previous masks pruned are exactly zero (see the chain rule below);
+2. (on mask-update steps only, chosen by a :class:`~jaxprune.train.schedules.Schedule`) computes new
    masks with ``update_masks(params, grads, masks, sparsity, step, key)`` — built from the core
    score/allocate/select functions — and resets the inner optimizer's moments where a mask changed;
-2. masks the gradients and runs the inner optimizer;
-3. returns ``where(mask, update, -params)``: kept weights get the optimizer's update, pruned weights
+3. masks the gradients and runs the inner optimizer;
+4. returns ``where(mask, update, -params)``: kept weights get the optimizer's update, pruned weights
    get exactly ``-w`` so that after ``optax.apply_updates`` they are exactly zero.
 
-Nothing multiplies the params before the forward pass (that costs 20-30 % of a small step), and there
-is no separate "apply the masks" call to forget: the next ``apply_updates`` does it. The target
-sparsity is an array in the state, so changing it never recompiles. Because the state is a NamedTuple
-of arrays, ``jit``, checkpoints and sharding carry the masks like any other optimizer state.
+**The chain rule.** Step 4 is exact only if nothing transforms the updates afterwards, so ``pruning``
+is the last transformation applied to the updates: put the whole chain inside it,
+``pruning(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3),
+optax.add_decayed_weights(1e-4)))``. Wrappers that pass whole updates through or zero them
+(``MultiSteps``, ``apply_if_finite``, ``inject_hyperparams``) may go around it. A chain that breaks
+the rule leaves pruned weights nonzero, which step 1 of the next update detects and reports as a
+:class:`~jaxprune.errors.PruningError` (under ``jit`` inside a ``JaxRuntimeError``).
+
+Nothing multiplies the params before the forward pass (that costs 20-30 % of a small step). The
+schedule's hyperparameters (target, begin, end, every) are arrays in the state, so
+:func:`set_target` changes the target without recompiling. Because the state is a NamedTuple of
+arrays, ``jit``, checkpoints and sharding carry the masks like any other optimizer state.
 """
 
 from __future__ import annotations
@@ -21,27 +30,32 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from jaxprune.counts import is_concrete
 from jaxprune.errors import PruningError
 from jaxprune.masks import dense_masks
-from jaxprune.paths import check_same_structure
-from jaxprune.train.schedules import Schedule, never
+from jaxprune.paths import check_same_structure, leaf_paths
+from jaxprune.train.schedules import SPARSITY_HPARAMS, Schedule, check_hparam_values, never
+from jaxprune.train.zero_check import chain_order_message, pruned_nonzero_counts, raise_if_pruned_nonzero
 
-__all__ = ["PruningState", "MaskUpdateFn", "pruning", "masked", "get_masks", "reset_where"]
+__all__ = ["PruningState", "MaskUpdateFn", "pruning", "masked", "get_masks", "set_target",
+           "check_pruned_zero", "reset_where", "SnapshotState", "snapshot", "get_snapshot"]
 
 MaskUpdateFn = Callable[..., Any]
 """``(params, grads, masks, sparsity, step, key) -> masks`` (a tree of bools like params)."""
 
 
 class PruningState(NamedTuple):
-    """State of :func:`pruning`: the inner optimizer's state, the masks and the pruning clock."""
+    """State of :func:`pruning`: the inner optimizer's state, the masks, the clock and the schedule."""
 
     inner: Any
     masks: Any
     count: jax.Array  # steps taken so far (int32)
     sparsity: jax.Array  # target sparsity of the current masks (float32)
     key: jax.Array  # PRNG key for randomised mask updates (SET regrowth, random scores)
+    hyperparams: Any = None  # the schedule's hyperparameters as arrays ({name: array}); set_target
 
 
 def reset_where(inner: optax.GradientTransformation, inner_state: Any, changed: Any) -> Any:
@@ -71,32 +85,47 @@ def pruning(
     init_masks: Optional[Callable[[Any, jax.Array], Any]] = None,
     reset_moments: bool = True,
     seed: int = 0,
+    check_zero: bool = True,
 ) -> optax.GradientTransformation:
     """Wraps ``inner`` so that training keeps pruned weights at exactly zero and updates the masks.
 
+    ``pruning`` must be the last transformation applied to the updates: put the whole optax chain
+    inside it (module docstring, ``docs/training.md``).
+
     Args:
-      inner: any optax optimizer.
+      inner: any optax optimizer or chain (clipping, weight decay, schedules included).
       update_masks: ``(params, grads, masks, sparsity, step, key) -> masks``; called under
         ``lax.cond`` on the steps where ``schedule.is_update(step)``. ``None``: masks never change.
-      schedule: target sparsity per step and when to update masks (default: never).
+      schedule: target sparsity per step and when to update masks (default: never). Its
+        hyperparameters are kept as arrays in the state; change them with :func:`set_target`.
       initial_masks: masks to start from (default: all True); or ``init_masks(params, key)``.
       reset_moments: zero the inner optimizer's per-parameter state where a mask changes.
       seed: seed of the PRNG key kept in the state for randomised updates.
+      check_zero: on every update after the first, raise :class:`PruningError` if a weight the
+        previous masks pruned is not exactly zero (a transformation after ``pruning`` changed the
+        updates, or the params were changed outside the optimizer). ``False`` turns the check off.
 
-    Two lines in a user's train step::
+    Gradual magnitude pruning to 90 % in a user's own loop (the first update zeros nothing, the
+    schedule reaches 0.9 at step 3):
 
-        tx = jaxprune.pruning(optax.adam(1e-3), update_masks=magnitude_update(), schedule=sched)
-        updates, opt_state = tx.update(grads, opt_state, params)   # as with any optax optimizer
-
-    >>> tx = masked(optax.sgd(0.1), {'w': jnp.array([True, False])})
-    >>> p = {'w': jnp.array([1.0, 1.0])}
-    >>> u, s = tx.update({'w': jnp.array([1.0, 1.0])}, tx.init(p), p)
-    >>> optax.apply_updates(p, u)['w'].tolist()
-    [0.8999999761581543, 0.0]
+    >>> from jaxprune.recipes import mask_update
+    >>> from jaxprune.train import polynomial
+    >>> tx = pruning(optax.adam(1e-2), update_masks=mask_update('magnitude'),
+    ...              schedule=polynomial(0.0, 0.9, begin=0, end=3))
+    >>> params = {'fc': {'kernel': jnp.arange(1.0, 21.0).reshape(4, 5), 'bias': jnp.ones(5)}}
+    >>> opt_state = tx.init(params)
+    >>> for _ in range(4):
+    ...     grads = jax.tree.map(jnp.ones_like, params)
+    ...     updates, opt_state = tx.update(grads, opt_state, params)
+    ...     params = optax.apply_updates(params, updates)
+    >>> int((params['fc']['kernel'] == 0).sum()), int((params['fc']['bias'] == 0).sum())  # 90 %, no bias
+    (18, 0)
     """
     schedule = schedule or never()
     if update_masks is not None and not callable(update_masks):
         raise PruningError("pruning: update_masks must be a callable or None")
+    if not isinstance(schedule, Schedule):
+        raise PruningError(f"pruning: schedule must be a jaxprune.train.Schedule, got {type(schedule)}")
 
     def init_fn(params: Any) -> PruningState:
         key = jax.random.PRNGKey(seed)
@@ -108,44 +137,73 @@ def pruning(
             check_same_structure(params, masks, "init_masks(params, key)")
         else:
             masks = dense_masks(params)
+        hyperparams = schedule.init_hparams()
         return PruningState(inner.init(params), masks, jnp.zeros((), jnp.int32),
-                            jnp.asarray(schedule.sparsity(0), jnp.float32), key)
+                            schedule.sparsity(0, hyperparams), key, hyperparams)
 
     def update_fn(updates: Any, state: PruningState, params: Any = None) -> tuple[Any, PruningState]:
         if params is None:
             raise PruningError("pruning: update() needs params (call tx.update(grads, state, params))")
         step = state.count
         masks, sparsity, inner_state = state.masks, state.sparsity, state.inner
+        found = jnp.zeros((), jnp.int32)
+        if check_zero:
+            # The first update is exempt: params need not be pre-masked, this update zeros them.
+            found = raise_if_pruned_nonzero(params, masks, active=step > 0)
         if update_masks is not None:
-            target = jnp.asarray(schedule.sparsity(step), jnp.float32)
+            hp = state.hyperparams
+            if hp is None:  # a state built by hand without hyperparameters: the schedule's own
+                hp = schedule.init_hparams()
+            target = schedule.sparsity(step, hp)
             key = jax.random.fold_in(state.key, step)
 
             def refresh(_):
                 return update_masks(params, updates, masks, target, step, key), target
 
-            masks, sparsity = jax.lax.cond(schedule.is_update(step), refresh,
+            masks, sparsity = jax.lax.cond(schedule.is_update(step, hp), refresh,
                                            lambda _: (masks, sparsity), None)
             if reset_moments:
                 changed = jax.tree.map(lambda a, b: a != b, masks, state.masks)
                 inner_state = reset_where(inner, inner_state, changed)
         grads = jax.tree.map(lambda g, m: jnp.where(m, g, jnp.zeros_like(g)), updates, masks)
         new_updates, inner_state = inner.update(grads, inner_state, params)
-        # Pruned entries get -w: after apply_updates they are exactly zero (and stay zero).
-        new_updates = jax.tree.map(lambda u, m, w: jnp.where(m, u, -w.astype(u.dtype)),
-                                   new_updates, masks, params)
-        return new_updates, PruningState(inner_state, masks, step + 1, sparsity, state.key)
+        # Pruned entries get -w: after apply_updates w + (-w) is exactly zero (and stays zero). The
+        # dtype follows the promotion of (update, param), so a low-precision update dtype still
+        # cancels the param exactly. ``found`` is 0 unless the check raised; adding it (fused into
+        # the same elementwise pass) keeps the check's callback alive wherever the updates are used.
+        new_updates = jax.tree.map(
+            lambda u, m, w: jnp.where(m, u, -jnp.asarray(w) + found.astype(jnp.result_type(w))),
+            new_updates, masks, params)
+        return new_updates, state._replace(inner=inner_state, masks=masks, count=step + 1,
+                                           sparsity=sparsity)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def masked(inner: optax.GradientTransformation, masks: Any) -> optax.GradientTransformation:
+def masked(inner: optax.GradientTransformation, masks: Any, *,
+           check_zero: bool = True) -> optax.GradientTransformation:
     """``inner`` with fixed masks: pruned weights are zeroed by the first update and stay zero.
 
-    >>> tx = masked(optax.adam(1e-3), {'w': jnp.array([True, False])})
-    >>> isinstance(tx.init({'w': jnp.ones(2)}), PruningState)
-    True
+    >>> tx = masked(optax.sgd(0.1), {'w': jnp.array([True, False])})
+    >>> p = {'w': jnp.array([1.0, 1.0])}
+    >>> u, s = tx.update({'w': jnp.array([1.0, 1.0])}, tx.init(p), p)
+    >>> [round(x, 6) for x in optax.apply_updates(p, u)['w'].tolist()]
+    [0.9, 0.0]
     """
-    return pruning(inner, initial_masks=masks)
+    return pruning(inner, initial_masks=masks, check_zero=check_zero)
+
+
+def _pruning_states(opt_state: Any) -> list[PruningState]:
+    found: list[PruningState] = []
+
+    def visit(x: Any) -> bool:
+        if isinstance(x, PruningState):
+            found.append(x)
+            return True
+        return False
+
+    jax.tree.flatten(opt_state, is_leaf=visit)
+    return found
 
 
 def get_masks(opt_state: Any) -> Any:
@@ -155,18 +213,95 @@ def get_masks(opt_state: Any) -> Any:
     >>> get_masks(tx.init({'w': jnp.ones(1)}))['w'].tolist()
     [True]
     """
-    found = []
-
-    def visit(x: Any) -> bool:
-        if isinstance(x, PruningState):
-            found.append(x)
-            return True
-        return False
-
-    jax.tree.flatten(opt_state, is_leaf=visit)
+    found = _pruning_states(opt_state)
     if not found:
         raise PruningError("get_masks: the optimizer state holds no PruningState")
     return found[0].masks
+
+
+def _replace_value(old: jax.Array, value: Any, name: str) -> jax.Array:
+    new = jnp.asarray(value, old.dtype)
+    if name in SPARSITY_HPARAMS and not is_concrete(new):
+        new = jnp.clip(new, 0.0, 1.0)  # traced values cannot be checked: clip, as mask functions do
+    try:
+        new = jnp.broadcast_to(new, old.shape)  # stacked (vmapped) states keep their leading axis
+    except ValueError:
+        raise PruningError(f"set_target: {name} of shape {jnp.shape(value)} does not fit the state's "
+                           f"shape {old.shape}") from None
+    if is_concrete(old) and isinstance(old, jax.Array) and old.committed:
+        # Same placement as before (a mesh's sharding, a committed device): jit's cache key includes
+        # it, so a different one would recompile the step.
+        new = jax.device_put(new, old.sharding)
+    return new
+
+
+def set_target(opt_state: Any, sparsity: Any = None, *, initial: Any = None, begin: Any = None,
+               end: Any = None, every: Any = None) -> Any:
+    """A copy of ``opt_state`` whose pruning schedule has a new target (and optionally begin/end/every).
+
+    Finds every :class:`PruningState` in the state (chains and wrappers included), like
+    :func:`get_masks`. The values replace arrays of the same dtype and shape, so a jitted train step
+    is not retraced. Masks move to the new target at the schedule's next update step: a
+    :func:`~jaxprune.train.polynomial` schedule that has ended needs a new ``begin``/``end`` too.
+    ``sparsity`` is the final target (for :func:`~jaxprune.train.iterative`, after all rounds).
+
+    >>> from jaxprune.train import constant
+    >>> tx = pruning(optax.sgd(0.1), schedule=constant(0.5, every=10))
+    >>> s = set_target(tx.init({'w': jnp.ones(4)}), 0.75, every=5)
+    >>> float(s.hyperparams['sparsity']), int(s.hyperparams['every'])
+    (0.75, 5)
+    """
+    values = {name: v for name, v in (("sparsity", sparsity), ("initial", initial), ("begin", begin),
+                                      ("end", end), ("every", every)) if v is not None}
+    if not values:
+        raise PruningError("set_target: give at least one of sparsity, initial, begin, end, every")
+    check_hparam_values(values)
+    seen = []
+
+    def replace(x: Any) -> Any:
+        if not isinstance(x, PruningState):
+            return x
+        if x.hyperparams is None:
+            raise PruningError("set_target: this PruningState holds no schedule hyperparameters")
+        missing = [n for n in values if n not in x.hyperparams]
+        if missing:
+            raise PruningError(f"set_target: the schedule has no {', '.join(missing)} (its "
+                               f"hyperparameters: {', '.join(x.hyperparams) or 'none'})")
+        hp = dict(x.hyperparams)
+        hp.update({n: _replace_value(hp[n], v, n) for n, v in values.items()})
+        b, e = hp.get("begin"), hp.get("end")
+        if b is not None and e is not None and is_concrete(b) and is_concrete(e):
+            if np.any(np.asarray(e) < np.asarray(b)):
+                raise PruningError(f"set_target: end ({np.asarray(e).tolist()}) precedes begin "
+                                   f"({np.asarray(b).tolist()})")
+        seen.append(x)
+        return x._replace(hyperparams=hp)
+
+    new = jax.tree.map(replace, opt_state, is_leaf=lambda x: isinstance(x, PruningState))
+    if not seen:
+        raise PruningError("set_target: the optimizer state holds no PruningState")
+    return new
+
+
+def check_pruned_zero(params: Any, opt_state: Any) -> None:
+    """Raises :class:`PruningError` if a weight pruned by ``opt_state``'s masks is not exactly zero.
+
+    ``pruning`` checks this at the start of every update; call this after the last step to check the
+    final params too (eager; it reads the values).
+
+    >>> tx = masked(optax.sgd(0.1), {'w': jnp.array([True, False])})
+    >>> p = {'w': jnp.ones(2)}
+    >>> u, s = tx.update({'w': jnp.ones(2)}, tx.init(p), p)
+    >>> check_pruned_zero(optax.apply_updates(p, u), s)
+    """
+    states = _pruning_states(opt_state)
+    if not states:
+        raise PruningError("check_pruned_zero: the optimizer state holds no PruningState")
+    for state in states:
+        check_same_structure(params, state.masks, "check_pruned_zero: masks")
+        counts = np.asarray(pruned_nonzero_counts(params, state.masks))
+        if counts.any():
+            raise PruningError(chain_order_message(counts, leaf_paths(state.masks)))
 
 
 class SnapshotState(NamedTuple):
