@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune.errors import PruningError
-from jaxprune.paths import Selector, check_same_structure, leaf_paths, matches
+from jaxprune.paths import Selector, check_same_structure, leaf_paths, matches, selected_paths
 
 __all__ = [
     "apply_masks",
@@ -148,13 +148,16 @@ def summary(tree: Any, masks: Optional[Any] = None, *, include: Selector = None)
     With ``masks`` the counts are of ``params`` after masking. ``include`` marks which leaves count as
     prunable (default: kernels).
 
-    >>> s = summary({'w': jnp.array([[1.0, 0.0], [0.0, 2.0]]), 'b': jnp.zeros(2)})
+    >>> s = summary({'w': jnp.array([[1.0, 0.0], [0.0, 2.0]]), 'b': jnp.zeros(2)}, include='w')
     >>> s.prunable['sparsity'], s.total['nonzero']
     (0.5, 2)
     """
     if masks is not None:
         _check_masks(tree, masks)
     mask_leaves = jax.tree.leaves(masks) if masks is not None else [None] * len(jax.tree.leaves(tree))
+    # An explicit include goes through selected_paths, so a pattern that matches nothing raises; the
+    # default may select nothing (a tree without kernels has no prunable leaves).
+    chosen = None if include is None else set(selected_paths(tree, include))
     rows = []
     for path, leaf, m in zip(leaf_paths(tree), jax.tree.leaves(tree), mask_leaves):
         arr = np.asarray(leaf)
@@ -163,5 +166,5 @@ def summary(tree: Any, masks: Optional[Any] = None, *, include: Selector = None)
         nz = int(np.count_nonzero(nz_arr))
         rows.append(LeafSummary(path, tuple(arr.shape), str(arr.dtype), size, nz,
                                 1.0 - nz / size if size else 0.0, int(arr.nbytes),
-                                matches(include, path, arr)))
+                                matches(None, path, arr) if chosen is None else path in chosen))
     return Summary(tuple(rows))

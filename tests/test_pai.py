@@ -14,6 +14,10 @@ from jaxprune.methods import pai
 from jaxprune.methods.pai import grasp_scores, pai_masks, snip_scores, synflow_masks, synflow_scores
 from jaxprune.models.linen import MLP
 from jaxprune.models import init_params
+from jaxprune.paths import matrices
+
+# The hand-made chains below name their weights w0, w1, ... (not flax's `kernel`): select them by rank.
+W = matrices
 
 
 # ---------------------------------------------------------------- tiny tanh net (float64 checks)
@@ -97,7 +101,7 @@ def test_grasp_sign_follows_the_paper():
             np.testing.assert_allclose(float(s[name][idx]), -0.5 * float(d), rtol=1e-5, atol=1e-12)
         # The weight whose removal lowers the gradient flow most is the one GraSP keeps first.
         flat = jnp.concatenate([s[n].ravel() for n in sorted(p)])
-        masks = jp.global_masks(s, 1 - 1 / flat.size)
+        masks = jp.global_masks(s, 1 - 1 / flat.size, include=W)
         kept = jnp.concatenate([masks[n].ravel() for n in sorted(p)])
         assert int(jnp.argmax(kept)) == int(jnp.argmax(flat))
 
@@ -156,9 +160,9 @@ def test_layer_collapse_global_magnitude_but_not_synflow():
     # He init on a wide-to-narrow chain: the 256-fan-in output layer has the smallest weights, so
     # one global magnitude threshold at 99 % removes all of it and disconnects the output.
     p = _he_chain((16, 64, 256, 4), seed=0)
-    mag = jp.global_masks(jp.magnitude_scores(p), 0.99)
+    mag = jp.global_masks(jp.magnitude_scores(p), 0.99, include=W)
     assert int(mag["w2"].sum()) == 0 and not _connected(mag)
-    syn = synflow_masks(_relu_chain, p, (1, 16), 0.99)
+    syn = synflow_masks(_relu_chain, p, (1, 16), 0.99, include=W)
     total = sum(x.size for x in p.values())
     assert sum(int((~m).sum()) for m in syn.values()) == jp.num_pruned(0.99, total)
     assert all(int(m.sum()) > 0 for m in syn.values())
@@ -177,9 +181,9 @@ def test_layer_collapse_global_snip_but_not_synflow():
     def xent(q, b):
         return optax.softmax_cross_entropy_with_integer_labels(_relu_chain(q, b[0]), b[1]).mean()
 
-    snip = pai_masks("snip", xent, None, p, batch, None, 0.99)
+    snip = pai_masks("snip", xent, None, p, batch, None, 0.99, include=W)
     assert int(snip["w0"].sum()) == 0 and not _connected(snip)
-    syn = synflow_masks(_relu_chain, p, (1, 32), 0.99)
+    syn = synflow_masks(_relu_chain, p, (1, 32), 0.99, include=W)
     assert all(int(m.sum()) > 0 for m in syn.values())
     assert _connected(syn)
 
@@ -194,8 +198,8 @@ def test_synflow_masks_exact_count(sparsity):
     # Python float, so the count is the core's round_half_even(0.3 * 45) = 13.
     p = {"w0": jnp.full((3, 5), 0.5), "w1": jnp.linspace(-1.0, 1.0, 30).reshape(5, 6),
          "b": jnp.ones(6)}
-    masks = synflow_masks(_biased, p, (1, 3), sparsity, rounds=7)
-    assert bool(jnp.all(masks["b"]))  # biases are not selected by default
+    masks = synflow_masks(_biased, p, (1, 3), sparsity, rounds=7, include=W)
+    assert bool(jnp.all(masks["b"]))  # the 1-D bias is not selected
     assert int((~masks["w0"]).sum() + (~masks["w1"]).sum()) == jp.num_pruned(sparsity, 45)
 
 
@@ -237,7 +241,7 @@ class _UnhashableApply:  # eq=True without frozen: instances are unhashable
 
 def test_synflow_masks_unhashable_apply_fn():
     p = _he_chain((4, 6, 2), seed=0)
-    m = synflow_masks(_UnhashableApply(2.0), p, (1, 4), 0.5, rounds=3)
+    m = synflow_masks(_UnhashableApply(2.0), p, (1, 4), 0.5, rounds=3, include=W)
     assert int((~m["w0"]).sum() + (~m["w1"]).sum()) == jp.num_pruned(0.5, 36)
 
 
@@ -245,11 +249,11 @@ def test_synflow_masks_errors():
     p = _he_chain((4, 6, 2), seed=0)
     for bad in (0, -1, 2.0, True):
         with pytest.raises(jp.PruningError, match="rounds"):
-            synflow_masks(_relu_chain, p, (1, 4), 0.5, rounds=bad)
+            synflow_masks(_relu_chain, p, (1, 4), 0.5, rounds=bad, include=W)
     with pytest.raises(jp.PruningError, match="sparsity"):
-        synflow_masks(_relu_chain, p, (1, 4), 1.5)
+        synflow_masks(_relu_chain, p, (1, 4), 1.5, include=W)
     with pytest.raises(jp.PruningError, match="allocation"):
-        synflow_masks(_relu_chain, p, (1, 4), 0.5, allocation="nope")
+        synflow_masks(_relu_chain, p, (1, 4), 0.5, allocation="nope", include=W)
 
 
 # ---------------------------------------------------------------- dispatch
@@ -269,19 +273,20 @@ def test_pai_masks_dispatch(method):
         return jnp.mean((_relu_chain(q, b[0]) - b[1]) ** 2)
 
     key = jax.random.PRNGKey(1)
-    m = pai_masks(method, loss, _relu_chain, p, batch, (1, 3), 0.6, key=key, rounds=4)
+    m = pai_masks(method, loss, _relu_chain, p, batch, (1, 3), 0.6, key=key, rounds=4, include=W)
     assert int((~m["w0"]).sum() + (~m["w1"]).sum()) == jp.num_pruned(0.6, 20)
     expected = {
-        "snip": lambda: jp.global_masks(snip_scores(loss, p, batch), 0.6),
-        "grasp": lambda: jp.global_masks(grasp_scores(loss, p, batch), 0.6),
-        "synflow": lambda: synflow_masks(_relu_chain, p, (1, 3), 0.6, rounds=4),
-        "random": lambda: jp.global_masks(jp.random_scores(key, p), 0.6),
-        "magnitude": lambda: jp.global_masks(jp.magnitude_scores(p), 0.6),
+        "snip": lambda: jp.global_masks(snip_scores(loss, p, batch), 0.6, include=W),
+        "grasp": lambda: jp.global_masks(grasp_scores(loss, p, batch), 0.6, include=W),
+        "synflow": lambda: synflow_masks(_relu_chain, p, (1, 3), 0.6, rounds=4, include=W),
+        "random": lambda: jp.global_masks(jp.random_scores(key, p), 0.6, include=W),
+        "magnitude": lambda: jp.global_masks(jp.magnitude_scores(p), 0.6, include=W),
     }[method]()
     for n in p:
         np.testing.assert_array_equal(m[n], expected[n], err_msg=n)
     if method != "synflow":  # layerwise SynFlow: test_synflow_masks_layerwise_allocation_and_include
-        layer = pai_masks(method, loss, None, p, batch, None, 0.5, key=key, allocation="uniform")
+        layer = pai_masks(method, loss, None, p, batch, None, 0.5, key=key, allocation="uniform",
+                          include=W)
         assert [int((~layer[n]).sum()) for n in sorted(p)] == [6, 4]
 
 
@@ -297,9 +302,9 @@ def test_pai_masks_errors():
     with pytest.raises(jp.PruningError, match="key"):
         pai_masks("random", None, None, p, None, None, 0.5)
     with pytest.raises(jp.PruningError, match="allocation"):
-        pai_masks("magnitude", None, None, p, None, None, 0.5, allocation="layer")
+        pai_masks("magnitude", None, None, p, None, None, 0.5, allocation="layer", include=W)
     with pytest.raises(jp.PruningError, match="sparsity"):
-        pai_masks("magnitude", None, None, p, None, None, -0.1)
+        pai_masks("magnitude", None, None, p, None, None, -0.1, include=W)
 
 
 def test_docstring_examples_run():

@@ -1,11 +1,13 @@
 import re
-
-import numpy as np
-import pytest
 from typing import NamedTuple
 
+import jax
+import numpy as np
+import pytest
+
 from jaxprune import PruningError, leaf_paths, selected_paths
-from jaxprune.paths import check_same_structure, matches
+from jaxprune.paths import (check_same_structure, covers, flatten_with_paths, kernels, map_with_path,
+                            matches, matrices)
 
 from helpers import linen_params, nnx_state
 
@@ -37,20 +39,97 @@ def test_default_selects_kernels_only():
 
 def test_glob_regex_predicate_and_lists():
     p = linen_params()
-    assert selected_paths(p, "*/Dense_0/*") == ["params/Dense_0/bias", "params/Dense_0/kernel"]
+    # A glob naming a layer selects its kernel; one naming a leaf selects that leaf.
+    assert selected_paths(p, "*/Dense_0/*") == ["params/Dense_0/kernel"]
+    assert selected_paths(p, "*/Dense_0/b*") == ["params/Dense_0/bias"]
     assert selected_paths(p, re.compile(r"Dense_[12]/kernel")) == [
         "params/Dense_1/kernel", "params/Dense_2/kernel"]
     assert selected_paths(p, lambda path, x: x.shape == (8,)) == ["params/Dense_1/bias"]
     assert len(selected_paths(p, ["*Dense_0/kernel", "*Dense_1/kernel"])) == 2
     assert selected_paths(p, exclude="*Dense_2*") == ["params/Dense_0/kernel", "params/Dense_1/kernel"]
-    assert matches(None, "x", np.zeros((2, 2)))
+    assert matches(None, "d/kernel", np.zeros((2, 2))) and not matches(None, "d/w", np.zeros((2, 2)))
+
+
+def test_default_selects_by_name_not_rank():
+    tree = {"attn": {"query": {"kernel": np.zeros((8, 2, 4)), "bias": np.zeros((2, 4))}},
+            "embed": {"embedding": np.zeros((10, 8))}, "pos": np.zeros((6, 8)),
+            "conv": {"kernel": np.zeros((3, 3, 1, 4)), "bias": np.zeros(4)},
+            "vec": {"kernel": np.zeros(4)}}  # a 1-D einsum kernel is not a matrix
+    assert selected_paths(tree) == ["attn/query/kernel", "conv/kernel"]
+    assert selected_paths(tree, include=matrices) == [
+        "attn/query/bias", "attn/query/kernel", "conv/kernel", "embed/embedding", "pos"]
+    assert not kernels("attn/query/bias", np.zeros((2, 4)))
+
+
+@pytest.mark.parametrize("pattern, want", [
+    ("fc1", ["fc1/kernel"]),                        # a prefix: the layer's kernels
+    ("fc1/*", ["fc1/kernel"]),                      # any key of fc1: still the layer
+    ("*", ["blk/a/kernel", "blk/b/kernel", "fc1/kernel"]),
+    ("blk/*", ["blk/a/kernel", "blk/b/kernel"]),    # deeper layers too
+    ("*/bias", ["blk/a/bias", "fc1/bias"]),         # names the leaf
+    ("fc1/bias", ["fc1/bias"]),
+    ("fc1/b*", ["fc1/bias"]),
+    ("pos", ["pos"]),
+    ("blk/a/scale", ["blk/a/scale"]),
+    (re.compile("fc1"), ["fc1/kernel"]),
+    (re.compile(r"fc1/\w+"), ["fc1/kernel"]),
+    (re.compile("bias$"), ["blk/a/bias", "fc1/bias"]),
+    ([None, "pos"], ["blk/a/kernel", "blk/b/kernel", "fc1/kernel", "pos"]),
+    (["fc1/*", ["blk/b"]], ["blk/b/kernel", "fc1/kernel"]),
+])
+def test_a_pattern_narrows_never_widens(pattern, want):
+    tree = {"fc1": {"kernel": np.zeros((3, 4)), "bias": np.zeros(4)}, "pos": np.zeros((5, 4)),
+            "blk": {"a": {"kernel": np.zeros((4, 4)), "bias": np.zeros(4), "scale": np.zeros(4)},
+                    "b": {"kernel": np.zeros((4, 4))}}}
+    assert selected_paths(tree, pattern) == want
+    leaves = zip(leaf_paths(tree), jax.tree.leaves(tree))
+    assert [p for p, x in leaves if matches(pattern, p, x)] == want
+
+
+def test_exclude_covers_whole_layers():
+    p = linen_params()
+    assert selected_paths(p, "*/bias", exclude="*/Dense_1") == ["params/Dense_0/bias",
+                                                               "params/Dense_2/bias"]
+    assert covers("*/Dense_0", "params/Dense_0/bias") and not covers("*/Dense_0", "params/Dense_1/bias")
 
 
 def test_empty_selection_is_an_error():
-    with pytest.raises(PruningError, match="selects no leaf"):
+    with pytest.raises(PruningError, match=r"include='\*nothing\*' matches no leaf"):
         selected_paths(linen_params(), "*nothing*")
     with pytest.raises(PruningError, match="include"):
         selected_paths(linen_params(), 42)
+    with pytest.raises(PruningError, match="empty list"):
+        selected_paths(linen_params(), [])
+
+
+def test_default_selection_error_says_what_the_default_is():
+    with pytest.raises(PruningError, match=r"(?s)the default: leaves named 'kernel'.*\['b', 'w'\]"
+                                           r".*include=.*matrices"):
+        selected_paths({"w": np.zeros((2, 2)), "b": np.zeros(2)})
+
+
+def test_each_pattern_error_names_the_pattern():
+    p = linen_params()
+    with pytest.raises(PruningError, match=r"include\[1\]='\*/Dense_9/\*' matches no leaf"):
+        selected_paths(p, ["*/Dense_0/*", "*/Dense_9/*"])
+    with pytest.raises(PruningError, match=r"exclude='\*/Dense_9' matches no leaf"):
+        selected_paths(p, exclude="*/Dense_9")
+    with pytest.raises(PruningError, match=r"include=re.compile\('zzz'\) matches no leaf"):
+        selected_paths(p, re.compile("zzz"))
+    # A layer with no kernel: name its leaves.
+    norm = {"norm": {"scale": np.ones(4), "bias": np.zeros(4)}, "d": {"kernel": np.ones((2, 2))}}
+    with pytest.raises(PruningError, match=r"include='norm' names layer.*'norm/bias'"):
+        selected_paths(norm, "norm")
+    with pytest.raises(PruningError, match=r"include\[0\]: expected .* got int 3"):
+        selected_paths(p, [3])
+
+
+def test_duplicate_paths_are_an_error_naming_both():
+    tree = {"a": {"b": np.zeros((2, 2))}, "a/b": np.ones((2, 2))}
+    for fn in (leaf_paths, selected_paths, lambda t: map_with_path(lambda p, x: x, t),
+               lambda t: check_same_structure(t, t, "scores"), flatten_with_paths):
+        with pytest.raises(PruningError, match=r"same path 'a/b': \['a'\]\['b'\] and \['a/b'\]"):
+            fn(tree)
 
 
 def test_structure_mismatch_names_leaf():
@@ -59,3 +138,10 @@ def test_structure_mismatch_names_leaf():
         check_same_structure(p, {"a": np.zeros((2, 2)), "b": np.zeros(4)}, "scores")
     with pytest.raises(PruningError, match="missing"):
         check_same_structure(p, {"a": np.zeros((2, 2))}, "scores")
+
+
+def test_structure_check_without_shapes():
+    p = {"a": np.zeros((2, 2)), "b": np.zeros(3)}
+    check_same_structure(p, {"a": 0.5, "b": 0.0}, "sparsities", shapes=False)
+    with pytest.raises(PruningError, match="sparsities.*missing \\['b'\\].*unexpected \\['zzz'\\]"):
+        check_same_structure(p, {"a": 0.5, "zzz": 0.0}, "sparsities", shapes=False)

@@ -176,7 +176,7 @@ def synflow_masks(apply_fn: ApplyFn, params: Any, input_shape: Sequence[int], sp
 
     >>> f = lambda p, x: x @ p['a'] @ p['b']
     >>> p = {'a': jnp.ones((4, 8)), 'b': jnp.ones((8, 2))}
-    >>> m = synflow_masks(f, p, (1, 4), 0.75, rounds=10)
+    >>> m = synflow_masks(f, p, (1, 4), 0.75, rounds=10, include=['a', 'b'])
     >>> int(m['a'].sum() + m['b'].sum())
     12
     """
@@ -234,7 +234,7 @@ def pai_masks(
     (one threshold, the default of all three papers) or ``'uniform'``/``'erk'``/``'er'``.
 
     >>> p = {'w': jnp.array([[1.0, -3.0], [0.5, 2.0]])}
-    >>> pai_masks('magnitude', None, None, p, None, None, 0.5)['w'].tolist()
+    >>> pai_masks('magnitude', None, None, p, None, None, 0.5, include='w')['w'].tolist()
     [[False, True], [False, True]]
     """
     if method not in PAI_METHODS:

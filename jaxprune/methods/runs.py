@@ -29,7 +29,7 @@ from jaxprune.methods.dst import (check_room_to_regrow, dst_schedule, dst_update
                                   ste_forward)
 from jaxprune.methods.pai import grasp_scores, snip_scores, synflow_masks
 from jaxprune.models import init_params
-from jaxprune.paths import leaf_paths
+from jaxprune.paths import leaf_paths, selected_paths
 from jaxprune.recipes import mask_update, parse_structure, select_masks
 from jaxprune.select import topk_masks
 from jaxprune.scores import magnitude_scores
@@ -192,10 +192,10 @@ def _imp(run: Run, rewind: bool) -> dict:
     c = run.config
     params0 = run.variables["params"]
     paths = leaf_paths(params0)
-    kernels = [p for p, x in zip(paths, jax.tree.leaves(params0)) if x.ndim >= 2]
+    kernels = selected_paths(params0)  # the default selection, as uniform_sparsity below uses
     output = kernels[-1]  # the output layer is pruned at its own (lower) rate
     n_out = int(jax.tree.leaves(params0)[paths.index(output)].size)
-    n_all = sum(int(x.size) for x in jax.tree.leaves(params0) if x.ndim >= 2)
+    n_all = sum(int(x.size) for p, x in zip(paths, jax.tree.leaves(params0)) if p in kernels)
     rounds = imp_rounds(c.sparsity, c.imp_rate)
     tx = optax.adam(c.learning_rate)
     rewind_params = params0

@@ -111,7 +111,7 @@ def run_svm(config: Any) -> dict:
     if c["finetune_steps"]:
         final = finetune_svm(pruned, mask, X_tr, y_tr, steps=c["finetune_steps"], C=c["C"], loss=c["loss"],
                              lr=c["learning_rate"])
-    s = summary(final)
+    s = summary(final, include="w")  # the weights are pruned, never the biases
     return {
         "dataset": c["dataset"],
         "model": "linear_svm",
