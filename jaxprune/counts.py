@@ -9,6 +9,10 @@ taken in rational arithmetic on the host; a jax/numpy float32 array (e.g. a trac
 ``jit``) is taken at its float32 value and the product is formed in exact integer arithmetic on the
 device, so changing a traced sparsity never recompiles and never loses an element to float rounding.
 ``s = 0`` removes nothing, ``s = 1`` removes everything.
+
+Structured selection that must leave units in every leaf (``Neurons``/``Channels``, ``min_keep`` per
+leaf, default 1) caps the count: ``k = min(round_half_to_even(s * n), n - min_keep)`` (``num_pruned``
+with ``min_keep=``), so a layer is never emptied whatever the sparsity.
 """
 
 from __future__ import annotations
@@ -102,18 +106,23 @@ def _traced_count(s: jax.Array, n: int) -> jax.Array:
     return (q + round_up.astype(jnp.uint32)).astype(jnp.int32)
 
 
-def num_pruned(sparsity: Any, n: int) -> Any:
-    """Number of elements removed from ``n`` at ``sparsity``: ``round_half_even(sparsity * n)``.
+def num_pruned(sparsity: Any, n: int, *, min_keep: int = 0) -> Any:
+    """Number of elements removed from ``n`` at ``sparsity``: ``round_half_even(sparsity * n)``,
+    capped at ``n - min_keep`` (never below 0) so that at least ``min_keep`` stay.
 
     Returns a Python int for a concrete sparsity and an int32 array for a traced one.
 
-    >>> num_pruned(0.5, 5), num_pruned(0.9, 10), num_pruned(1.0, 7)
-    (2, 9, 7)
+    >>> num_pruned(0.5, 5), num_pruned(0.9, 10), num_pruned(1.0, 7), num_pruned(1.0, 7, min_keep=1)
+    (2, 9, 7, 6)
     """
     n = int(n)
     if not 0 <= n <= _MAX_N:
         raise PruningError(f"num_pruned: n must be in [0, 2**31), got {n}")
+    if isinstance(min_keep, bool) or not isinstance(min_keep, (int, np.integer)) or min_keep < 0:
+        raise PruningError(f"num_pruned: min_keep must be an integer >= 0, got {min_keep!r}")
+    limit = max(n - int(min_keep), 0)
     if is_concrete(sparsity):
         check_sparsity_value(sparsity, "sparsity")
-        return _host_count(sparsity, n)
-    return _traced_count(sparsity, n)
+        return min(_host_count(sparsity, n), limit)
+    k = _traced_count(sparsity, n)
+    return k if limit == n else jnp.minimum(k, limit)

@@ -25,20 +25,27 @@ ALLOCATIONS: dict[str, Optional[Callable[..., Any]]] = {
 }
 
 
-def parse_structure(text: str) -> Structure:
+def parse_structure(text: str, *, outputs: Selector = None) -> Structure:
     """``'unstructured'``, ``'nm:2:4'``, ``'block:4x4'``, ``'neurons'``, ``'channels'``.
 
+    ``nm:N:M`` groups along each leaf's reduction axis (inferred for 2-D and 4-D kernels, see
+    :class:`~jaxprune.NM`). ``outputs`` is passed to ``Neurons``/``Channels``: the selector of the
+    leaves whose units are model outputs (e.g. from :func:`jaxprune.wiring.output_kernels`); left at
+    ``None`` they refuse to prune until told.
+
     >>> parse_structure('nm:2:4'), parse_structure('block:2x8')
-    (NM(n=2, m=4, axis=-1), Block(shape=(2, 8), reduce='mean'))
+    (NM(n=2, m=4, axis=None), Block(shape=(2, 8), reduce='mean'))
+    >>> parse_structure('neurons', outputs=['params/head/kernel'])
+    Neurons(axis=-1, reduce='mean', outputs=['params/head/kernel'], min_keep=1)
     """
     name, _, arg = str(text).partition(":")
     try:
         if name == "unstructured" and not arg:
             return Unstructured()
         if name == "neurons" and not arg:
-            return Neurons()
+            return Neurons(outputs=outputs)
         if name == "channels" and not arg:
-            return Channels()
+            return Channels(outputs=outputs)
         if name == "nm":
             n, m = (int(v) for v in arg.split(":"))
             return NM(n, m)
@@ -64,7 +71,7 @@ def select_masks(params: Any, scores: Any, sparsity: Any, *, allocation: str = "
 
     >>> import jax.numpy as jnp
     >>> p = {'w': jnp.arange(1.0, 5.0).reshape(2, 2)}
-    >>> select_masks(p, p, 0.5)['w'].tolist()
+    >>> select_masks(p, p, 0.5, include='w')['w'].tolist()
     [[False, False], [True, True]]
     """
     if allocation not in ALLOCATIONS:

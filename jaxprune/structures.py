@@ -8,21 +8,27 @@ units back into an element mask (``expand``). Selection then removes exactly
 * :class:`Block` — a unit is a block of ``shape`` over the trailing axes (scores pooled by mean or max).
 * :class:`Neurons` / :class:`Channels` — a unit is one slice along ``axis`` (an output neuron of a
   Dense kernel ``(in, out)``, an output channel of a conv kernel ``(h, w, in, out)``); scores pooled
-  over the other axes.
-* :class:`NM` — keep the ``n`` best of every ``m`` consecutive elements along ``axis`` (2:4 for sparse
-  tensor cores). N:M fixes the sparsity at ``1 - n/m``: a leaf whose requested sparsity is 0 stays
-  dense, any other value gets the N:M pattern. It is layerwise only.
+  over the other axes. The leaves whose units are the model's outputs (classes, vocabulary) are named
+  by ``outputs=`` and keep every unit; no leaf ever loses more than ``units - min_keep`` units, so a
+  leaf of ``u`` units at sparsity ``s`` loses exactly ``min(round_half_even(s * u), u - min_keep)``.
+* :class:`NM` — keep the ``n`` best of every ``m`` consecutive elements along the leaf's *reduction*
+  (input) axis (2:4 for sparse tensor cores). N:M fixes the sparsity at ``1 - n/m``: a leaf whose
+  requested sparsity is 0 stays dense, any other value gets the N:M pattern. It is layerwise only.
+
+See ``docs/structures.md`` for the rules and :mod:`jaxprune.wiring` for reading ``outputs`` and
+reduction axes off a model.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 
 from jaxprune.errors import PruningError
+from jaxprune.paths import Selector, matches
 
 __all__ = [
     "Unstructured",
@@ -126,18 +132,50 @@ class Neurons(NamedTuple):
     Unit scores pool the element scores over all other axes (``reduce='mean'`` by default so layers of
     different fan-in compare fairly in global selection).
 
-    >>> Neurons().units('w', jnp.ones((3, 4))).shape
+    Args:
+      axis: the unit axis of each leaf.
+      reduce: ``'mean'``, ``'max'`` or ``'sum'`` over the other axes.
+      outputs: selector (glob, regex, predicate or list, see :mod:`jaxprune.paths`) of the leaves
+        whose units are the model's outputs; they keep every unit. ``()`` says that no leaf is an
+        output. ``None`` (default) means "not said": selecting units of any leaf then raises a
+        :class:`PruningError` asking for it — a bare params tree cannot tell which layer holds the
+        classes. :func:`jaxprune.wiring.output_kernels` reads them off the model.
+      min_keep: units every leaf keeps whatever the sparsity (default 1: a layer is never emptied).
+
+    >>> Neurons(outputs=()).units('w', jnp.ones((3, 4))).shape
     (4,)
     """
 
     axis: int = -1
     reduce: str = "mean"
+    outputs: Selector = None
+    min_keep: int = 1
 
     def check(self, path: str, shape: tuple[int, ...]) -> None:
-        _reducer(self.reduce, type(self).__name__)
-        _axis(self.axis, max(len(shape), 1), path, type(self).__name__)
+        name = type(self).__name__
+        _reducer(self.reduce, name)
+        if isinstance(self.min_keep, bool) or not isinstance(self.min_keep, int) or self.min_keep < 0:
+            raise PruningError(f"{name}: min_keep must be an integer >= 0, got {self.min_keep!r}")
+        _axis(self.axis, max(len(shape), 1), path, name)
         if len(shape) == 0:
-            raise PruningError(f"{type(self).__name__}: leaf '{path}' is a scalar; it has no units")
+            raise PruningError(f"{name}: leaf '{path}' is a scalar; it has no units")
+
+    def is_output(self, path: str, leaf: Any) -> bool:
+        """Whether the leaf's units are model outputs (kept). Raises when ``outputs`` was not given.
+
+        >>> Neurons(outputs='*/head/kernel').is_output('params/head/kernel', None)
+        True
+        """
+        if self.outputs is None:
+            raise PruningError(
+                f"{type(self).__name__}: leaf '{path}' would lose units, but which leaves hold the "
+                "model's outputs (its classes or vocabulary) was not said, and a params tree cannot "
+                "tell. Pass outputs=jaxprune.wiring.output_kernels(fn, params, *example_args) "
+                "(traced from the model), a selector such as outputs='*/head/kernel', or outputs=() "
+                "if no pruned leaf is an output layer")
+        if isinstance(self.outputs, (list, tuple)) and len(self.outputs) == 0:
+            return False
+        return matches(self.outputs, path, leaf)
 
     def units(self, path: str, scores: jax.Array) -> jax.Array:
         self.check(path, scores.shape)
@@ -156,23 +194,65 @@ class Neurons(NamedTuple):
 class Channels(Neurons):
     """Whole conv output channels: :class:`Neurons` on the last axis of an HWIO kernel.
 
-    >>> Channels().units('k', jnp.ones((3, 3, 2, 8))).shape
+    >>> Channels(outputs=()).units('k', jnp.ones((3, 3, 2, 8))).shape
     (8,)
     """
 
 
+AxisSpec = Union[None, int, Mapping[str, int]]
+
+
 class NM(NamedTuple):
-    """Keep ``n`` of every ``m`` consecutive elements along ``axis`` (N:M sparsity, e.g. 2:4).
+    """Keep ``n`` of every ``m`` consecutive elements along the reduction axis (N:M, e.g. 2:4).
+
+    The groups run along the leaf's reduction (input) axis, the layout of NVIDIA's 2:4 sparse tensor
+    cores: for every output, each run of ``m`` consecutive input weights keeps ``n``. ``axis``:
+
+    * ``None`` (default): inferred from the shape where a shape can tell — axis 0 of a 2-D Dense
+      kernel ``(in, out)``, axis -2 of a 4-D conv kernel HWIO. Any other rank (a ``(in, heads,
+      head_dim)`` attention kernel and a ``(width, in, out)`` 1-D conv look alike) raises a
+      :class:`PruningError` naming the leaf.
+    * an ``int``: that axis for every leaf (explicit override).
+    * a mapping ``{path: axis}``, e.g. from :func:`jaxprune.wiring.reduction_axes`: the traced axis
+      of each listed leaf; leaves not listed are inferred as for ``None``.
 
     Within a group, the lowest scores go first; ties go to the lower index.
 
-    >>> NM(2, 4).mask('w', jnp.array([[4.0, 1.0, 3.0, 2.0]]), 0.5).tolist()
-    [[True, False, True, False]]
+    >>> NM(2, 4).mask('w', jnp.array([[4.0], [1.0], [3.0], [2.0]]), 0.5).ravel().tolist()
+    [True, False, True, False]
     """
 
     n: int
     m: int
-    axis: int = -1
+    axis: AxisSpec = None
+
+    def axis_of(self, path: str, shape: tuple[int, ...]) -> int:
+        """The (non-negative) axis of leaf ``path`` that the groups run along.
+
+        >>> NM(2, 4).axis_of('conv/kernel', (3, 3, 8, 16))
+        2
+        """
+        owner = f"NM({self.n}, {self.m})"
+        ndim = len(shape)
+        axis: Optional[int] = None
+        if isinstance(self.axis, Mapping):
+            axis = self.axis.get(path)
+        elif self.axis is not None:
+            axis = self.axis
+        if axis is None:
+            if ndim == 2:
+                axis = 0
+            elif ndim == 4:
+                axis = 2
+            else:
+                raise PruningError(
+                    f"{owner}: cannot tell the reduction (input) axis of leaf '{path}' of shape "
+                    f"{shape} from its shape alone (only rank 2 (in, out) and rank 4 HWIO are "
+                    "inferred). Pass NM(n, m, axis=...) or "
+                    "axis=jaxprune.wiring.reduction_axes(fn, params, *example_args)")
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise PruningError(f"{owner}: axis for leaf '{path}' must be an integer, got {axis!r}")
+        return _axis(axis, ndim, path, owner)
 
     def check(self, path: str, shape: tuple[int, ...]) -> None:
         if not (isinstance(self.n, int) and isinstance(self.m, int) and 0 <= self.n <= self.m
@@ -180,17 +260,17 @@ class NM(NamedTuple):
             raise PruningError(f"NM: need integers 0 <= n <= m, m >= 1; got n={self.n}, m={self.m}")
         if len(shape) == 0:
             raise PruningError(f"NM({self.n}, {self.m}): leaf '{path}' is a scalar")
-        ax = _axis(self.axis, len(shape), path, f"NM({self.n}, {self.m})")
+        ax = self.axis_of(path, shape)
         if shape[ax] % self.m:
             raise PruningError(
-                f"NM({self.n}, {self.m}): axis {self.axis} of leaf '{path}' has size {shape[ax]}, "
+                f"NM({self.n}, {self.m}): axis {ax} of leaf '{path}' has size {shape[ax]}, "
                 f"not divisible by m={self.m}"
             )
 
     def mask(self, path: str, scores: jax.Array, sparsity: Any) -> jax.Array:
         """The N:M keep-mask of a leaf; all-True where ``sparsity`` is 0."""
         self.check(path, scores.shape)
-        ax = self.axis % scores.ndim
+        ax = self.axis_of(path, scores.shape)
         moved = jnp.moveaxis(scores, ax, -1)
         groups = moved.reshape(moved.shape[:-1] + (moved.shape[-1] // self.m, self.m))
         a = groups[..., :, None]
@@ -198,6 +278,7 @@ class NM(NamedTuple):
         idx = jnp.arange(self.m)
         earlier = jnp.broadcast_to(idx[None, :] < idx[:, None], a.shape[:-2] + (self.m, self.m))
         # rank of element i in its group: how many group members sort before it (ties by index).
+        # Compared in the scores' own dtype, so int32 / float64 scores are ordered exactly.
         rank = jnp.sum((b < a) | ((b == a) & earlier), axis=-1)
         keep = rank >= self.m - self.n
         keep = jnp.moveaxis(keep.reshape(moved.shape), -1, ax)
@@ -221,8 +302,8 @@ def register_structure(name: str, factory: Callable[..., Structure]) -> Callable
 def get_structure(name: str, **kwargs: Any) -> Structure:
     """A structure by registry name: ``get_structure('nm', n=2, m=4)``.
 
-    >>> get_structure('neurons')
-    Neurons(axis=-1, reduce='mean')
+    >>> get_structure('neurons', outputs=())
+    Neurons(axis=-1, reduce='mean', outputs=(), min_keep=1)
     """
     if name not in STRUCTURES:
         raise PruningError(f"structure: unknown name {name!r}; known: {sorted(STRUCTURES)}")

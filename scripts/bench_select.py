@@ -59,8 +59,11 @@ def main() -> None:
     n = sum(x.size for x in jax.tree.leaves(params))
     assert len(shapes) == 161, len(shapes)
 
-    global_fn = jax.jit(lambda p, s: jp.global_masks(jp.magnitude_scores(p), s))
-    layer_fn = jax.jit(lambda p, s: jp.topk_masks(jp.magnitude_scores(p), jp.erk_sparsity(p, s)))
+    # These shapes are named like torchvision's (no flax 'kernel' keys): select every matrix/kernel.
+    conv_and_fc = lambda path, leaf: leaf.ndim >= 2  # noqa: E731
+    global_fn = jax.jit(lambda p, s: jp.global_masks(jp.magnitude_scores(p), s, include=conv_and_fc))
+    layer_fn = jax.jit(lambda p, s: jp.topk_masks(jp.magnitude_scores(p),
+                                                  jp.erk_sparsity(p, s, include=conv_and_fc)))
     sort_fn = jax.jit(lambda p: jnp.sort(jnp.concatenate([jnp.abs(x).ravel() for x in jax.tree.leaves(p)])))
     s = jnp.float32(0.9)
     g = median_time(global_fn, params, s, repeats=args.repeats)

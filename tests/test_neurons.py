@@ -251,7 +251,7 @@ def test_scores_tree_drives_neuron_selection(mlp):
     tree = unit_scores_to_tree({"Dense_0": jnp.array([5.0, 0.0, 4.0, 1.0, 3.0, 2.0])}, v)
     sp = jax.tree.map(lambda _: 0.0, tree)
     sp["params"]["Dense_0"]["kernel"] = 0.5
-    masks = select.topk_masks(tree, sp, structure=structures.Neurons(axis=-1))
+    masks = select.topk_masks(tree, sp, structure=structures.Neurons(axis=-1, outputs=()))
     assert masks["params"]["Dense_0"]["kernel"][0].tolist() == [True, False, True, False, True, False]
 
 
@@ -310,3 +310,69 @@ def test_models_without_capturable_activations_raise(mlp):
     with pytest.raises(PruningError, match="empty"):
         collect_activation_stats(MLP((6, 5, 3)), v, iter([]), hist_range=(0.0, 1.0))
     assert math.isfinite(float(keep_score(jnp.float32, 10**8) * 10**8))
+
+
+def test_parse_taps_forms_and_errors():
+    from jaxprune.neurons.taps import Tap, parse_taps
+
+    is_fc = lambda path: path.startswith("fc")
+    assert parse_taps("fc1") == (Tap("fc1", "output", None),)
+    assert parse_taps(["a/*:input", is_fc]) == (Tap("a/*", "input", None), Tap(is_fc, "output", None))
+    assert parse_taps({"fc1": "head:input", "b": "b:output"}) == (
+        Tap("head", "input", "fc1"), Tap("b", "output", "b"))
+    assert parse_taps("odd:name") == (Tap("odd:name", "output", None),)  # not a point: part of the glob
+    for bad in ([], {}, 3, {"k": 3}, [""]):
+        with pytest.raises(PruningError, match="layers"):
+            parse_taps(bad)
+
+
+def test_layers_on_a_sowing_model_and_predicates():
+    model = MLP((8, 4, 2))
+    v = init_params(model, jax.random.PRNGKey(0), (1, 3))
+    x = jax.random.normal(jax.random.PRNGKey(1), (5, 3))
+    sown = capture_activations(model, v, x)  # the explicit sow_activation contract still works
+    post = capture_activations(model, v, x, layers={"Dense_0": "Dense_1:input", "Dense_1": "Dense_2:input"})
+    for k in sown:
+        np.testing.assert_array_equal(post[k], sown[k])
+    pred = capture_activations(model, v, x, layers=lambda path: path.endswith("_2"))
+    assert list(pred) == ["Dense_2"] and pred["Dense_2"].shape == (5, 2)
+    with pytest.raises(PruningError, match="two taps give the result key 'Dense_0'"):
+        capture_activations(model, v, x, layers=["Dense_0", "Dense_0"])
+
+
+def test_nnx_layers_capture_under_jit_and_shared_module():
+    class Shared(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(3, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.lin(nnx.relu(self.lin(x)))
+
+    model = Shared(nnx.Rngs(0))
+    x = jnp.ones((2, 3))
+    acts = capture_activations(model, None, x, layers="lin")
+    first = model.lin(x)
+    np.testing.assert_allclose(acts["lin"], jnp.concatenate([first, model.lin(nnx.relu(first))]),
+                               rtol=1e-6)
+    stats = collect_activation_stats(model, None, [x], bins=4, layers="lin:input")
+    assert int(stats["lin"].count) == 4 and type(model.lin) is nnx.Linear
+
+
+class _Square(nn.Module):
+    """Three same-width Dense layers: only identity with the model output tells the output layer."""
+
+    softmax: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(4, name="a")(x))
+        x = nn.Dense(4, name="c")(nn.relu(nn.Dense(4, name="b")(x)))
+        return nn.softmax(x) if self.softmax else x
+
+
+def test_hidden_layers_of_an_unmodified_model_find_the_output_layer():
+    x = jnp.ones((2, 4))
+    v = _Square().init(jax.random.PRNGKey(0), x)
+    assert hidden_layers(_Square(), v, x) == ("a", "b")
+    with pytest.raises(PruningError, match="cannot tell which layer produces the model output"):
+        hidden_layers(_Square(softmax=True), v, x)  # a softmax after c, and every width is 4

@@ -12,10 +12,10 @@ from helpers import linen_params, nnx_state
 # One instance per registered structure; a new registration must add its example here.
 STRUCTURE_EXAMPLES = {
     "unstructured": jp.Unstructured(),
-    "nm": jp.NM(2, 4),
+    "nm": jp.NM(1, 2),  # groups along the reduction axis (0 of a Dense kernel): 6 and 12 inputs
     "block": jp.Block((2, 2)),
-    "neurons": jp.Neurons(),
-    "channels": jp.Channels(),
+    "neurons": jp.Neurons(outputs=()),
+    "channels": jp.Channels(outputs=()),
 }
 SPARSITIES = (0.0, 0.5, 0.9, 0.99, 1.0)
 
@@ -35,7 +35,7 @@ def _expected_pruned(structure, x, s):
     if isinstance(structure, jp.NM):
         return x.size * (structure.m - structure.n) // structure.m
     units = structure.units("x", jnp.asarray(x)).size
-    return jp.num_pruned(s, units) * (x.size // units)
+    return jp.num_pruned(s, units, min_keep=getattr(structure, "min_keep", 0)) * (x.size // units)
 
 
 @pytest.mark.parametrize("tree_fn", [linen_params, nnx_state], ids=["linen", "nnx"])
@@ -68,6 +68,33 @@ def test_contract(tree_fn, scorer, sname):
             eager = jp.global_masks(scores, float(np.float32(s)), structure=structure)
             jax.tree.map(np.testing.assert_array_equal, eager, g(scores, jnp.float32(s)))
         assert g._cache_size() == 1
+
+
+def _assert_trees_equal(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+@pytest.mark.parametrize("sname", sorted(STRUCTURE_EXAMPLES))
+def test_mask_functions_under_jit_and_vmap(sname):
+    """Arguments or closed-over inputs, jit or jit(vmap) over the sparsity: the eager answer."""
+    structure = STRUCTURE_EXAMPLES[sname]
+    params = linen_params()
+    scores = _scores("magnitude", params)
+    sps = (0.3, 0.9)
+    layer = lambda sc, s: jp.topk_masks(sc, jp.uniform_sparsity(params, s), structure=structure)  # noqa: E731
+    fns = [layer]
+    if not isinstance(structure, jp.NM):
+        fns.append(lambda sc, s: jp.global_masks(sc, s, structure=structure))
+    for fn in fns:
+        eager = [fn(scores, float(np.float32(s))) for s in sps]
+        with_args = jax.jit(fn)
+        closed = jax.jit(lambda v, fn=fn: fn(scores, v))  # scores closed over, concrete in the trace
+        for s, want in zip(sps, eager):
+            _assert_trees_equal(want, with_args(scores, jnp.float32(s)))
+            _assert_trees_equal(want, closed(jnp.float32(s)))
+        stacked = jax.jit(jax.vmap(lambda v: fn(scores, v)))(jnp.asarray(sps, jnp.float32))
+        for i, want in enumerate(eager):
+            _assert_trees_equal(want, jax.tree.map(lambda x: x[i], stacked))
 
 
 @pytest.mark.parametrize("scorer", sorted(jp.SCORERS))

@@ -72,9 +72,9 @@ def test_nested(shapes, a, b, seed):
 
 
 def test_ties_broken_by_index_then_leaf_order():
-    m = jp.topk_masks({"w": jnp.zeros((2, 3))}, 0.5)["w"]
+    m = jp.topk_masks({"w": jnp.zeros((2, 3))}, 0.5, include="w")["w"]
     np.testing.assert_array_equal(m, [[False, False, False], [True, True, True]])
-    g = jp.global_masks({"a": jnp.ones((1, 2)), "b": jnp.ones((1, 2))}, 0.75)
+    g = jp.global_masks({"a": jnp.ones((1, 2)), "b": jnp.ones((1, 2))}, 0.75, include=["a", "b"])
     np.testing.assert_array_equal(g["a"], [[False, False]])
     np.testing.assert_array_equal(g["b"], [[False, True]])
 
@@ -96,7 +96,7 @@ def test_long_rows_use_radix_select(monkeypatch):
             np.testing.assert_array_equal(keep, want)
     rows = jnp.stack([x, jnp.round(x), -x])
     ks = jnp.array([0, 1234, 5000])
-    keep = np.asarray(sel._prune_rows(rows, ks))
+    keep = np.asarray(sel._prune_rows(sel._sort_keys(rows, np.dtype(np.float32)), ks))
     for r in range(3):
         order = np.lexsort((np.arange(5000), np.asarray(rows[r], np.float32)))
         want = np.ones(5000, bool)
@@ -106,7 +106,7 @@ def test_long_rows_use_radix_select(monkeypatch):
 
 def test_negative_and_signed_zero_scores():
     s = {"w": jnp.array([[-3.0, -0.0, 0.0, 2.0, -jnp.inf, jnp.inf]])}
-    m = jp.topk_masks(s, 0.5)["w"]
+    m = jp.topk_masks(s, 0.5, include="w")["w"]
     np.testing.assert_array_equal(m, [[False, False, True, True, False, True]])
 
 
@@ -123,31 +123,48 @@ def test_traced_sparsity_no_recompile_and_matches_eager():
 
 def test_nm_structure():
     sc = {"w": jax.random.normal(jax.random.PRNGKey(0), (8, 16))}
-    m = jp.topk_masks(sc, 0.5, structure=jp.NM(2, 4))["w"]
-    groups = np.asarray(m).reshape(8, 4, 4)
-    assert (groups.sum(-1) == 2).all()
-    m0 = jp.topk_masks(sc, 0.5, structure=jp.NM(1, 4, axis=0))["w"]
-    assert (np.asarray(m0).reshape(2, 4, 16).sum(1) == 1).all()
+    # Default: along the reduction axis, axis 0 of a Dense (in, out) kernel.
+    m = jp.topk_masks(sc, 0.5, structure=jp.NM(2, 4), include="w")["w"]
+    assert (np.asarray(m).reshape(2, 4, 16).sum(1) == 2).all()
+    m1 = jp.topk_masks(sc, 0.5, structure=jp.NM(1, 4, axis=-1), include="w")["w"]  # explicit override
+    assert (np.asarray(m1).reshape(8, 4, 4).sum(-1) == 1).all()
     with pytest.raises(jp.PruningError, match="'w'.*not divisible by m=3"):
-        jp.topk_masks(sc, 0.5, structure=jp.NM(2, 3))
+        jp.topk_masks(sc, 0.5, structure=jp.NM(2, 3), include="w")
     with pytest.raises(jp.PruningError, match="topk_masks"):
-        jp.global_masks(sc, 0.5, structure=jp.NM(2, 4))
+        jp.global_masks(sc, 0.5, structure=jp.NM(2, 4), include="w")
+
+
+def test_nm_axis_rule():
+    k = jax.random.split(jax.random.PRNGKey(2), 3)
+    conv = jax.random.normal(k[0], (3, 3, 8, 6))
+    m = np.asarray(jp.topk_masks({"c": conv}, 0.5, structure=jp.NM(2, 4), include="c")["c"])
+    assert (m.reshape(3, 3, 2, 4, 6).sum(3) == 2).all()  # HWIO: groups along in (-2)
+    q = {"q": jax.random.normal(k[1], (8, 2, 4))}  # (in, heads, head_dim) or a 1-D conv? ambiguous
+    with pytest.raises(jp.PruningError, match="'q'.*reduction_axes"):
+        jp.topk_masks(q, 0.5, structure=jp.NM(2, 4), include="q")
+    mq = np.asarray(jp.topk_masks(q, 0.5, structure=jp.NM(2, 4, axis={"q": 0}), include="q")["q"])
+    assert (mq.reshape(2, 4, 2, 4).sum(1) == 2).all()
+    # A mapping falls back to the shape rule for leaves it does not list.
+    both = {"q": q["q"], "d": jax.random.normal(k[2], (8, 3))}
+    mb = jp.topk_masks(both, 0.5, structure=jp.NM(2, 4, axis={"q": 2}), include=["q", "d"])
+    assert (np.asarray(mb["q"]).reshape(8, 2, 1, 4).sum(-1) == 2).all()
+    assert (np.asarray(mb["d"]).reshape(2, 4, 3).sum(1) == 2).all()
 
 
 def test_block_structure():
     sc = {"w": jax.random.normal(jax.random.PRNGKey(0), (8, 12))}
-    m = np.asarray(jp.topk_masks(sc, 0.5, structure=jp.Block((2, 4)))["w"])
+    m = np.asarray(jp.topk_masks(sc, 0.5, structure=jp.Block((2, 4)), include="w")["w"])
     blocks = m.reshape(4, 2, 3, 4).transpose(0, 2, 1, 3).reshape(12, 8)
     assert all(b.all() or (~b).all() for b in blocks)
     assert sum((~b).all() for b in blocks) == 6
     with pytest.raises(jp.PruningError, match="'w'.*not divisible by 5"):
-        jp.topk_masks(sc, 0.5, structure=jp.Block((2, 5)))
+        jp.topk_masks(sc, 0.5, structure=jp.Block((2, 5)), include="w")
 
 
 def test_neuron_and_channel_structure():
     p = conv_tree()
     sc = jax.tree.map(jnp.abs, p)
-    m = jp.topk_masks(sc, 0.5, structure=jp.Channels())
+    m = jp.topk_masks(sc, 0.5, structure=jp.Channels(outputs="out/kernel"))
     k = np.asarray(m["conv"]["kernel"])
     assert (k.all(axis=(0, 1, 2)) | (~k).all(axis=(0, 1, 2))).all() and (~k.any(axis=(0, 1, 2))).sum() == 4
     d = np.asarray(m["dense"]["kernel"])
@@ -155,19 +172,24 @@ def test_neuron_and_channel_structure():
     # The removed neurons are those with the lowest mean |w|.
     mean = np.abs(np.asarray(p["dense"]["kernel"])).mean(0)
     np.testing.assert_array_equal(np.sort(np.where(~d.any(0))[0]), np.sort(np.argsort(mean)[:8]))
-    g = jp.global_masks(sc, 0.5, structure=jp.Neurons(), normalize="l2")
+    assert np.asarray(m["out"]["kernel"]).all()  # the output layer keeps its classes
+    g = jp.global_masks(sc, 0.5, structure=jp.Neurons(outputs="out/kernel"), normalize="l2")
     units = sum(int((~np.asarray(x).any(axis=tuple(range(x.ndim - 1)))).sum())
                 for x in jax.tree.leaves(g) if x.ndim >= 2)
-    assert units == jp.num_pruned(0.5, 8 + 16 + 4)
+    assert units == jp.num_pruned(0.5, 8 + 16) and np.asarray(g["out"]["kernel"]).all()
 
 
 def test_nan_scores_rejected():
     with pytest.raises(jp.PruningError, match="'w'.*NaN"):
-        jp.topk_masks({"w": jnp.array([[1.0, jnp.nan]])}, 0.5)
+        jp.topk_masks({"w": jnp.array([[1.0, jnp.nan]])}, 0.5, include="w")
     with pytest.raises(jp.PruningError, match="'w'.*NaN"):
-        jp.global_masks({"w": jnp.array([[1.0, jnp.nan]])}, 0.5)
-    # Under jit NaN cannot raise: it is pruned first, never kept.
-    m = jax.jit(lambda s: jp.topk_masks(s, 0.5))({"w": jnp.array([[1.0, jnp.nan]])})
+        jp.global_masks({"w": jnp.array([[1.0, jnp.nan]])}, 0.5, include="w")
+    # Closed over by a jitted function the scores still have a value: still an error.
+    with pytest.raises(jp.PruningError, match="'w'.*NaN"):
+        bad = {"w": jnp.array([[1.0, jnp.nan]])}
+        jax.jit(lambda s: jp.topk_masks(bad, s, include="w"))(0.5)
+    # Traced scores under jit cannot raise: NaN is pruned first, never kept.
+    m = jax.jit(lambda s: jp.topk_masks(s, 0.5, include="w"))({"w": jnp.array([[1.0, jnp.nan]])})
     np.testing.assert_array_equal(m["w"], [[True, False]])
 
 
@@ -176,10 +198,132 @@ def test_bad_sparsity_and_trees():
     with pytest.raises(jp.PruningError, match="sparsities leaf 'w'"):
         jp.topk_masks(sc, {"w": 1.5, "b": 0.0})
     with pytest.raises(jp.PruningError, match="sparsity"):
-        jp.global_masks(sc, -0.1)
+        jp.global_masks(sc, -0.1, include="w")
     with pytest.raises(jp.PruningError, match="sparsities"):
         jp.topk_masks(sc, {"w": 0.5})
-    with pytest.raises(jp.PruningError, match="selects no leaf"):
+    with pytest.raises(jp.PruningError, match="no leaf"):
         jp.global_masks(sc, 0.5, include="*zzz*")
     with pytest.raises(jp.PruningError, match="normalize"):
-        jp.global_masks(sc, 0.5, normalize="l7")
+        jp.global_masks(sc, 0.5, normalize="l7", include="w")
+
+
+# --- scores ranked in their own precision -------------------------------------------------------
+
+def test_int_scores_ranked_exactly():
+    # 16_777_217 and 16_777_216 are the same float32: ranked as float32, the larger could go.
+    for dtype, hi, lo in ((jnp.int32, 16_777_217, 16_777_216), (jnp.uint32, 2**32 - 1, 2**32 - 2)):
+        sc = {"w": jnp.array([[hi, lo]], dtype)}
+        assert jp.topk_masks(sc, 0.5, include="w")["w"].tolist() == [[True, False]]
+        assert jp.global_masks(sc, 0.5, include="w")["w"].tolist() == [[True, False]]
+        (keep,) = sel.prune_lowest([jnp.array([lo, hi, lo], dtype)], 2)
+        assert keep.tolist() == [False, True, False]
+
+
+def test_int_scores_radix_path_exact(monkeypatch):
+    monkeypatch.setattr(sel, "_SMALL", 16)
+    x = jnp.full((64,), 16_777_216, jnp.int32).at[37].set(16_777_217)
+    (keep,) = sel.prune_lowest([x], 63)
+    assert np.flatnonzero(np.asarray(keep)).tolist() == [37]
+
+
+def test_float64_scores_ranked_exactly():
+    with jax.enable_x64(True):
+        sc = {"w": jnp.array([[1 + 1e-12, 1.0]], jnp.float64)}
+        assert jp.topk_masks(sc, 0.5, include="w")["w"].tolist() == [[True, False]]
+        assert jp.global_masks(sc, 0.5, include="w")["w"].tolist() == [[True, False]]
+        big = jnp.concatenate([jnp.ones(5000, jnp.float64), jnp.array([1 + 1e-12, 1 - 1e-12])])
+        (keep,) = sel.prune_lowest([big], 5001)  # radix path: 64-bit keys, six passes
+        assert np.flatnonzero(np.asarray(keep)).tolist() == [5000]
+        i64 = jnp.array([2**53 + 1, 2**53], jnp.int64)
+        assert sel.prune_lowest([i64], 1)[0].tolist() == [True, False]
+    # x64 off: a numpy float64 leaf that float32 cannot hold exactly is refused, an exact one is fine.
+    with pytest.raises(jp.PruningError, match="'w'.*float64.*x64"):
+        jp.topk_masks({"w": np.array([[1 + 1e-12, 1.0]])}, 0.5, include="w")
+    assert jp.topk_masks({"w": np.array([[2.0, 1.0]])}, 0.5, include="w")["w"].tolist() == [[True, False]]
+
+
+def test_mixed_dtypes_ranked_together_must_be_exact():
+    sc = {"a": jnp.array([[16_777_217]], jnp.int32), "b": jnp.array([[16_777_216.0]])}
+    with pytest.raises(jp.PruningError, match="'a'.*int32.*'b'"):
+        jp.global_masks(sc, 0.5, include=["a", "b"])
+    ok = {"a": jnp.array([[3]], jnp.int16), "b": jnp.array([[2.5]], jnp.float32)}  # int16 fits float32
+    m = jp.global_masks(ok, 0.5, include=["a", "b"])
+    assert m["a"].tolist() == [[True]] and m["b"].tolist() == [[False]]
+
+
+@pytest.mark.parametrize("k", [4, -1, 1.5, [], "2", True])
+def test_prune_lowest_bad_k_names_it(k):
+    with pytest.raises(jp.PruningError, match="prune_lowest: k"):
+        sel.prune_lowest([jnp.ones(3)], k)
+
+
+def test_prune_lowest_bad_scores_and_edge_k():
+    with pytest.raises(jp.PruningError, match="non-empty list"):
+        sel.prune_lowest([], 0)
+    assert sel.prune_lowest([jnp.ones(3)], 3.0)[0].tolist() == [False, False, False]  # whole float ok
+    assert sel.prune_lowest([jnp.ones(3)], np.int64(0))[0].tolist() == [True, True, True]
+    # A traced k is clipped (it cannot raise).
+    assert jax.jit(lambda k: sel.prune_lowest([jnp.arange(3.0)], k)[0])(7).tolist() == [False] * 3
+
+
+# --- structured selection: outputs and min_keep -------------------------------------------------
+
+def _units_kept(mask):
+    m = np.asarray(mask)
+    return int(m.reshape(-1, m.shape[-1]).any(axis=0).sum())
+
+
+def test_neurons_refuse_to_guess_the_output_layer():
+    sc = jax.tree.map(jnp.abs, conv_tree())
+    for fn in (lambda st: jp.topk_masks(sc, 0.5, structure=st),
+               lambda st: jp.global_masks(sc, 0.5, structure=st)):
+        with pytest.raises(jp.PruningError, match="outputs=.*jaxprune.wiring.output_kernels"):
+            fn(jp.Neurons())
+        with pytest.raises(jp.PruningError, match="matches no leaf"):
+            fn(jp.Neurons(outputs=["params/out/kernel"]))  # paths of another tree
+        m = fn(jp.Neurons(outputs=()))  # said explicitly: no leaf is an output
+        assert _units_kept(m["out"]["kernel"]) < 4
+    # A leaf whose sparsity is 0 loses nothing, so it needs no answer.
+    sp = jax.tree.map(lambda _: 0.0, sc)
+    jp.topk_masks(sc, sp, structure=jp.Neurons())
+
+
+def test_min_keep_never_empties_a_leaf():
+    sc = jax.tree.map(jnp.abs, conv_tree())
+    m = jp.topk_masks(sc, 1.0, structure=jp.Neurons(outputs=()))
+    assert [_units_kept(m[k]["kernel"]) for k in ("conv", "dense", "out")] == [1, 1, 1]
+    m3 = jp.topk_masks(sc, 0.9, structure=jp.Neurons(outputs=(), min_keep=3))
+    assert [_units_kept(m3[k]["kernel"]) for k in ("conv", "dense", "out")] == [3, 3, 3]
+    m0 = jp.topk_masks(sc, 1.0, structure=jp.Neurons(outputs=(), min_keep=0))
+    assert not np.asarray(m0["dense"]["kernel"]).any()
+    with pytest.raises(jp.PruningError, match="min_keep"):
+        jp.topk_masks(sc, 0.5, structure=jp.Neurons(outputs=(), min_keep=-1))
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_global_min_keep_exact_count(traced):
+    # One layer's scores are all far below the others: unprotected, global selection empties it.
+    k = jax.random.split(jax.random.PRNGKey(5), 2)
+    sc = {"small": {"kernel": 1e-3 * jax.random.uniform(k[0], (16, 64))},
+          "big": {"kernel": 1.0 + jax.random.uniform(k[1], (16, 64))}}
+    st = jp.Neurons(outputs=())
+    run = (lambda s, **kw: jax.jit(lambda v: jp.global_masks(sc, v, structure=st, **kw))(s)) \
+        if traced else (lambda s, **kw: jp.global_masks(sc, s, structure=st, **kw))
+    g = run(0.5, normalize=None)
+    # 64 units go: 63 of 'small' (its best one stays), then the lowest one of 'big'.
+    assert _units_kept(g["small"]["kernel"]) == 1 and _units_kept(g["big"]["kernel"]) == 63
+    pruned = 128 - sum(_units_kept(x) for x in jax.tree.leaves(g))
+    assert pruned == min(jp.num_pruned(0.5, 128), 128 - 2)
+    full = run(1.0, normalize=None)
+    assert [_units_kept(x) for x in jax.tree.leaves(full)] == [1, 1]  # min(round(N), N - 2) go
+    # The default normaliser (each leaf's mean unit score) compares units with their own layer.
+    fair = run(0.5)
+    assert abs(_units_kept(fair["small"]["kernel"]) - _units_kept(fair["big"]["kernel"])) <= 16
+
+
+def test_duplicate_paths_are_an_error_naming_both():
+    sc = {"a": {"b": jnp.ones((2, 2))}, "a/b": jnp.zeros((2, 2))}
+    for fn in (lambda: jp.global_masks(sc, 0.5, include=lambda p, x: True),
+               lambda: jp.topk_masks(sc, {"a": {"b": 0.5}, "a/b": 0.5})):
+        with pytest.raises(jp.PruningError, match="'a/b'.*\\['a'\\]\\['b'\\].*\\['a/b'\\]"):
+            fn()

@@ -128,7 +128,7 @@ def test_unit_masks_from_neuron_topk_masks():
                                  v["params"])
     sparsity = {"Dense_0": {"kernel": 0.25, "bias": 0.0}, "Dense_1": {"kernel": 0.5, "bias": 0.0},
                 "Dense_2": {"kernel": 0.0, "bias": 0.0}}
-    masks = jp.topk_masks(scores, sparsity, structure=jp.Neurons())
+    masks = jp.topk_masks(scores, sparsity, structure=jp.Neurons(outputs="Dense_2/kernel"))
     keep = unit_masks(masks)
     assert sorted(keep) == ["Dense_0", "Dense_1", "Dense_2"]
     np.testing.assert_array_equal(keep["Dense_0"], np.arange(32) < 24)
@@ -347,3 +347,50 @@ def test_mean_replacement_errors():
 def test_doctests(module):
     result = doctest.testmod(module, extraglobs={"jax": jax, "jnp": jnp, "np": np})
     assert result.failed == 0 and result.attempted > 0
+
+
+class _Looped(nn.Module):
+    """A square weight applied in a loop: static fori_loop (a scan), scan over stacked weights,
+    while_loop, and conds with equal / different branch costs."""
+
+    mode: str
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.shape[-1]
+        w = self.param("w", nn.initializers.ones, (d, d))
+        ws = self.param("ws", nn.initializers.ones, (3, d, d))
+        if self.mode == "fori":
+            return jax.lax.fori_loop(0, 3, lambda i, h: h @ w, x)
+        if self.mode == "scan_xs":
+            return jax.lax.scan(lambda h, wi: (h @ wi, None), x, ws)[0]
+        if self.mode == "while":
+            return jax.lax.while_loop(lambda h: jnp.sum(h) < 100.0, lambda h: h @ w, x)
+        other = (lambda h: (2.0 * h) @ w) if self.mode == "cond_same" else (lambda h: h)
+        return jax.lax.cond(jnp.sum(x) > 0, lambda h: h @ w, other, x)
+
+
+@pytest.mark.parametrize("mode,loops", [("fori", 3), ("scan_xs", 3), ("cond_same", 1)])
+def test_macs_through_loops_and_conds(mode, loops):
+    model, d, b = _Looped(mode), 4, 2
+    v = model.init(jax.random.PRNGKey(0), jnp.ones((1, d)))
+    assert macs(model, v, (d,), batch=b) == loops * b * d * d
+    # Nonzero counting follows a weight into the loop body: w loses one row of d; ws loses ws[0].
+    p = {"w": v["params"]["w"].at[0].set(0.0), "ws": v["params"]["ws"].at[0].set(0.0)}
+    want = {"fori": 3 * b * (d - 1) * d, "scan_xs": 2 * b * d * d, "cond_same": b * (d - 1) * d}
+    assert macs(model, p, (d,), batch=b, nonzero=True) == want[mode]
+
+
+@pytest.mark.parametrize("mode,match", [("while", "while loop"), ("cond_differ", "different MACs")])
+def test_macs_refuses_what_it_cannot_count(mode, match):
+    model = _Looped(mode)
+    v = model.init(jax.random.PRNGKey(0), jnp.ones((1, 4)))
+    with pytest.raises(PruningError, match=match):
+        macs(model, v, (4,))
+
+
+def test_cost_functions_reject_non_models():
+    with pytest.raises(PruningError, match="linen.Module.*nnx.Module"):
+        flops(lambda x: x, {}, (3,))
+    with pytest.raises(PruningError, match="needs its variables as a dict"):
+        macs(MLP((4, 2)), None, (3,))

@@ -94,7 +94,7 @@ class UserNnxTransformer(nnx.Module):
 
     def __call__(self, tokens):
         t = tokens.shape[-1]
-        x = self.embed(tokens) + self.pos[...][:t]
+        x = self.embed(tokens) + self.pos[...][None, :t]
         mask = nnx.make_causal_mask(tokens)
         x = x + self.attn(self.ln1(x), mask=mask)
         x = x + self.proj(nnx.gelu(self.fc(self.ln2(x))))

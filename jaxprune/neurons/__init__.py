@@ -1,9 +1,11 @@
 """Data-driven and weight-based neuron/channel criteria.
 
-Pipeline: ``collect_activation_stats(model, variables, batches)`` -> ``{layer: UnitStats}`` ->
-a criterion (``entropy``, ``apoz``, ``hoyer``, ``stability``, ``variance``; or ``weight_norm`` /
+Pipeline: ``collect_activation_stats(model, variables, batches, layers=...)`` -> ``{layer: UnitStats}``
+-> a criterion (``entropy``, ``apoz``, ``hoyer``, ``stability``, ``variance``; or ``weight_norm`` /
 ``taylor`` on params) -> ``{layer: (units,)}`` -> ``unit_scores_to_tree(scores, params)`` -> the
-lead's ``topk_masks(scores_tree, sparsities, structure=Neurons(axis=-1))``.
+lead's ``topk_masks(scores_tree, sparsities, structure=Neurons(axis=-1))``. ``layers=`` chooses the
+activations of an unmodified linen / nnx model by module path (``{'fc1': 'head:input'}`` for fc1's
+post-activation units); without it the model's ``sow_activation`` calls are read.
 """
 
 from jaxprune.neurons.capture import capture_activations, collect_activation_stats, hidden_layers

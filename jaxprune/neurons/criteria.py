@@ -2,7 +2,7 @@
 
 Activation criteria take ``{layer: UnitStats}`` from :func:`collect_activation_stats`; weight criteria
 take the params tree. All return ``{layer: (units,) float32}``; :func:`unit_scores_to_tree` turns that
-into a scores tree for ``topk_masks(..., structure=Neurons(axis=-1))``. Every function is pure and
+into a scores tree for ``topk_masks(..., structure=Neurons(axis=-1, outputs=...))``. Every function is pure and
 jit-able. Dead (all-zero) and constant units get the lowest activation score, never NaN. See
 ``docs/neurons.md`` for formulas, directions and references.
 """

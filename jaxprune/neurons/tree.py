@@ -4,7 +4,7 @@ A params leaf belongs to layer ``L`` when its path, minus a leading ``'params'``
 the leaf's own name, is ``L`` (``params/Dense_0/kernel`` -> ``'Dense_0'``; ``nnx.State`` paths
 ``Dense_0/kernel/.value`` work the same). The unit axis is the leaf's last axis: a (in, out) kernel,
 an (h, w, in, out) conv kernel and an (out,) bias all get the unit score broadcast along it, so a mean
-over the other axes gives the unit score back and ``topk_masks(..., structure=Neurons(axis=-1))``
+over the other axes gives the unit score back and ``topk_masks(..., structure=Neurons(axis=-1, outputs=...))``
 removes whole units. Leaves of layers without unit scores (the output layer, BatchNorm, a ResNet's
 residual convs) get :func:`keep_score` — "+inf-like": the dtype's largest finite value divided by 2 x the leaf size,
 so a sum or mean over the leaf stays finite (no inf, no NaN after reductions) and a layerwise or

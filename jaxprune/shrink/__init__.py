@@ -1,9 +1,11 @@
 """Structured pruning that really shrinks the model: remove pruned units, rebuild a smaller model.
 
-Pipeline: element masks (``topk_masks(..., structure=Neurons())``) or unit scores -> :func:`unit_masks`
+Pipeline: element masks (``topk_masks(..., structure=Neurons(outputs=...))``) or unit scores -> :func:`unit_masks`
 / :func:`unit_masks_from_scores` -> :func:`shrink` -> a smaller linen model and variables; measure
 with :func:`flops`, :func:`macs`, :func:`param_count`, :func:`param_bytes`, :func:`latency_ms`.
-Supported: MLP, LeNet5, SmallCNN, ResNet20 (inner conv of each block only). See ``docs/shrink.md``.
+Supported: MLP, LeNet5, SmallCNN, ResNet20 (inner conv of each block only). The cost measures take
+any linen model (full variables or bare params) or nnx module; ``macs`` counts every matmul of the
+traced forward, attention's QKᵀ and AV included. See ``docs/shrink.md``.
 """
 
 from jaxprune.shrink.cost import flops, latency_ms, macs, param_bytes, param_count

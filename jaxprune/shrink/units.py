@@ -1,6 +1,6 @@
 """Unit masks: one boolean vector of kept units (Dense output features / conv output channels) per layer.
 
-They come from an element mask tree (``topk_masks(..., structure=Neurons())``: a unit is kept when
+They come from an element mask tree (``topk_masks(..., structure=Neurons(outputs=...))``: a unit is kept when
 any weight of its kernel slice is kept) or straight from unit scores, and go to
 :func:`~jaxprune.shrink.shrink`. :func:`removal_masks` goes the other way: the element masks whose
 masked model computes exactly what the shrunk model computes (the reference the tests compare with).

@@ -8,7 +8,8 @@
 * **Structures** — ``'weights'``: unstructured over ``w`` (each (feature, class) weight on its own;
   exact count ``round(s · n_features · n_outputs)``). ``'features'``: :class:`~jaxprune.Neurons` on axis 0,
   i.e. a whole row of ``w`` (one input feature, all classes) goes at once, scored by the mean over
-  classes; exactly ``round(s · n_features)`` features are dropped, so the model reads fewer inputs.
+  classes; exactly ``min(round(s · n_features), n_features − 1)`` features are dropped (one always
+  stays), so the model reads fewer inputs.
 * The bias ``b`` is never pruned (its mask is all-True).
 * **Fine-tuning** re-trains with the mask: updates of pruned weights are zeroed, so they stay exactly 0.
 """
@@ -86,7 +87,8 @@ def svm_masks(scores: LinearSVM, sparsity: Any, *, structure: str = "weights") -
     if structure not in STRUCTURES:
         raise PruningError(f"structure must be one of {STRUCTURES}, got {structure!r}")
     # Neurons(axis=0) on w (features, outputs): a unit is a row = one input feature for every class.
-    struct = Neurons(axis=0) if structure == "features" else Unstructured()
+    # Those units are the model's inputs, so no leaf is an output layer (outputs=()).
+    struct = Neurons(axis=0, outputs=()) if structure == "features" else Unstructured()
     return topk_masks(scores, scores._replace(w=sparsity, b=0.0), structure=struct)
 
 
