@@ -18,7 +18,7 @@ from jaxprune.masks import (
     summary,
     union_masks,
 )
-from jaxprune.paths import kernels, leaf_paths, map_with_path, path_str, selected_paths
+from jaxprune.paths import flatten_with_paths, kernels, leaf_paths, map_with_path, matrices, path_str, selected_paths
 from jaxprune.scores import (
     SCORERS,
     Scorer,
@@ -34,13 +34,19 @@ from jaxprune.scores import (
 from jaxprune.select import global_masks, prune_lowest, topk_masks
 from jaxprune.structures import NM, STRUCTURES, Block, Channels, Neurons, Unstructured, get_structure, register_structure
 
+from jaxprune import wiring  # noqa: E402
+from jaxprune.wiring import output_kernels, reduction_axes  # noqa: E402
+from jaxprune import train  # noqa: E402  (after the core: train imports it)
+from jaxprune.lm import magnitude_layer, prune_lm, sparsegpt_layer, wanda_layer  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
     # errors
     "PruningError", "DataError", "ConfigError",
     # paths and selection
-    "path_str", "leaf_paths", "map_with_path", "kernels", "selected_paths",
+    "path_str", "leaf_paths", "map_with_path", "kernels", "matrices", "flatten_with_paths",
+    "selected_paths",
     # scores
     "magnitude_scores", "random_scores", "saliency_scores", "movement_scores", "taylor_scores",
     "Scorer", "SCORERS", "register_scorer", "get_scorer", "compute_scores",
@@ -50,8 +56,12 @@ __all__ = [
     # selection
     "topk_masks", "global_masks", "prune_lowest",
     "Unstructured", "NM", "Block", "Neurons", "Channels", "STRUCTURES", "register_structure",
-    "get_structure",
+    "get_structure", "wiring", "output_kernels", "reduction_axes",
     # masks
     "apply_masks", "dense_masks", "intersect_masks", "union_masks", "is_nested", "summary",
     "Summary", "LeafSummary",
+    # training-time pruning (jaxprune.train: pruning, masked, schedules, set_target, ...)
+    "train",
+    # one-shot language-model pruning (jaxprune.lm)
+    "prune_lm", "magnitude_layer", "wanda_layer", "sparsegpt_layer",
 ]

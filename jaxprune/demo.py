@@ -18,15 +18,27 @@ import sys
 import jax
 
 import jaxprune as jp
-from jaxprune.models import init_params, tutorial_mlp
 
 SWEEP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                      "experiments", "sweeps", "demo.py")
 
 
 def notebook_example() -> None:
-    model = tutorial_mlp()
-    params = init_params(model, jax.random.PRNGKey(0), (1, 28, 28, 1))
+    """The README's notebook example: a user-written linen MLP, magnitude scores, ERK 0.9, masks.
+
+    >>> notebook_example()  # doctest: +ELLIPSIS
+    leaf ...
+    """
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    class MLP(nn.Module):  # a model the user wrote; nothing from jaxprune.models
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Dense(128)(x.reshape((x.shape[0], -1))))
+            return nn.Dense(10)(x)
+
+    params = MLP().init(jax.random.PRNGKey(0), jnp.ones((1, 28, 28, 1)))["params"]
     scores = jp.magnitude_scores(params)
     sparsity = jp.erk_sparsity(params, 0.9)
     masks = jp.topk_masks(scores, sparsity)
@@ -39,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     workdir = os.environ.get("JAXPRUNE_DEMO_DIR", "runs/demo")
-    print("== 1. scores -> ERK sparsity 0.9 -> masks -> apply (fresh 784-128-10 MLP) ==")
+    print("== 1. scores -> ERK sparsity 0.9 -> masks -> apply (your own 784-128-10 linen MLP) ==")
     notebook_example()
     print(f"\n== 2. demo sweep: 3 strategies x 4 sparsities x 2 seeds + dense -> {workdir} ==")
     rc = cli(["sweep", SWEEP, "--workdir", workdir, "--no-progress", *argv])

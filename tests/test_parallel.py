@@ -186,6 +186,15 @@ def test_data_parallel_fit_matches_single_device(four_devices):
         assert r["pruned_zero"], name
 
 
+def test_cpu_meshes_bound_the_steps_dispatched_ahead(four_devices):
+    # fit waits for the step MAX_STEPS_AHEAD back on a CPU mesh of >= 2 devices (docs/scale.md).
+    from jaxprune.train.parallel import MAX_STEPS_AHEAD
+
+    assert four_devices["steps_ahead"] == {"data:1": None, "data:4": MAX_STEPS_AHEAD,
+                                           "data:2,model:2": MAX_STEPS_AHEAD}
+    assert 0 < MAX_STEPS_AHEAD < 32
+
+
 def test_state_placement_rule(four_devices):
     p = four_devices["placement"]
     assert p["data:4"] == {"kernel_replicated": True, "batch_split": True}
@@ -217,6 +226,48 @@ def test_cli_lenet300_on_four_devices(four_device_runs):
                                                                             "phase_001"]
 
 
+# The issue-15 command (`jaxprune run lenet300.py mesh=data:4 sparsity=0.9 epochs=1 finetune_epochs=1
+# batch_size=128 dataset=fashion_mnist progress=false`) aborted in XLA's all-reduce rendezvous once the
+# host had dispatched more than 32 steps ahead of the devices (docs/scale.md). Shortened here: 24 000
+# synthetic 28x28 images in Fashion-MNIST's file format (188 steps, enough to get 32 ahead; on main it
+# aborted in 2 of 2 runs; digits' 64-pixel steps are too cheap to fall behind), no fine-tuning, no
+# checkpoints (a save syncs the host), and XLA's stuck-collective timeout cut from 40 s to 20 s.
+ABORT_ARGS = ["experiments/configs/lenet300.py", "mesh=data:4", "sparsity=0.9", "epochs=1",
+              "finetune_epochs=0", "batch_size=128", "dataset=fashion_mnist", "progress=false",
+              "latency_batch=0"]
+
+
+def _write_idx(path, array: "np.ndarray") -> None:
+    import numpy as np
+
+    # IDX: two zero bytes, type code 0x08 (uint8), rank, then big-endian uint32 dims and the data.
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_cli_many_steps_on_four_devices_do_not_abort(tmp_path):
+    import numpy as np
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 24_000), ("t10k", 1_000)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 64, (n, 28, 28))
+        images[np.arange(n), 2 * labels + 4] += 160  # learnable: class c brightens row 2c + 4
+        _write_idx(data / f"{prefix}-images-idx3-ubyte", images)
+        _write_idx(data / f"{prefix}-labels-idx1-ubyte", labels)
+    env = _env()
+    env["XLA_FLAGS"] += " --xla_cpu_collective_call_terminate_timeout_seconds=20"
+    proc = subprocess.run([sys.executable, "-m", "jaxprune.cli", "run", *ABORT_ARGS, f"data_dir={data}",
+                           "--workdir", str(tmp_path / "run")], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert r["dataset"] == "fashion_mnist" and r["sparsity"] == pytest.approx(0.9, abs=1e-4), r
+    assert r["dense_test_accuracy"] > 0.3, r  # chance is 0.1: it trained, on every step
+
+
 # --------------------------------------------------------------------------- the worker
 
 
@@ -239,6 +290,9 @@ def _worker() -> dict:
 
     jax.config.update("jax_numpy_rank_promotion", "raise")
     out: dict = {"devices": jax.device_count()}
+    from jaxprune.train.parallel import steps_ahead
+
+    out["steps_ahead"] = {spec: steps_ahead(make_mesh(spec)) for spec in ("data:1", "data:4", "data:2,model:2")}
 
     # Selection over sharded leaves.
     rng = np.random.default_rng(0)
