@@ -104,7 +104,7 @@ def test_init_params_drops_activation_collection(key):
 
 
 def test_registry_names_and_errors():
-    assert set(MODELS) == {"tutorial_mlp", "lenet300", "mlp", "lenet5", "small_cnn", "resnet20"}
+    assert set(MODELS) == {"tutorial_mlp", "lenet300", "mlp", "lenet5", "small_cnn", "resnet20", "gpt"}
     for name in MODELS:
         assert isinstance(get_model(name, 10), nn.Module)
     assert get_model("mlp", 3, hidden=(5, 6)).features == (5, 6, 3)

@@ -9,6 +9,7 @@ from flax import linen as nn
 from flax import nnx
 
 from jaxprune.errors import PruningError
+from jaxprune.models.gpt import NnxGPT, gpt_nano
 from jaxprune.models.linen import MLP, LeNet5, SmallCNN, lenet300, tutorial_mlp
 from jaxprune.models.nnx_models import NnxLeNet5, NnxMLP, NnxSmallCNN, to_nnx
 from jaxprune.models.resnet import ResNet20
@@ -25,6 +26,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet5": LeNet5,
     "small_cnn": SmallCNN,
     "resnet20": ResNet20,
+    "gpt": gpt_nano,  # num_classes = vocabulary size; context=, num_layers=, width=, ...
 }
 """Linen model factories ``(num_classes, **kw) -> nn.Module``; 'mlp' takes ``hidden=(256, 256)``."""
 
@@ -61,6 +63,8 @@ def get_nnx_model(name: str, num_classes: int, input_shape: Sequence[int], *, rn
     if name not in MODELS:
         raise PruningError(f"get_nnx_model: unknown model name {name!r}; known: {sorted(MODELS)}")
     shape = tuple(int(d) for d in input_shape)
+    if name == "gpt":  # input_shape is (context,): one token sequence
+        return NnxGPT(num_classes, shape[0], rngs=rngs, **kw)
     if name in ("tutorial_mlp", "lenet300", "mlp"):
         features = get_model(name, num_classes, **kw).features
         return NnxMLP(math.prod(shape), features, rngs=rngs)
