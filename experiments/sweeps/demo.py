@@ -14,13 +14,16 @@ a 2-core CPU shared with other jobs (load 1.5-4). A rerun skips everything (seco
     jaxprune report runs/demo --best --max-drop 1.0
 """
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "configs"))
-from seed_mlp import get_config  # noqa: E402
+from jaxprune.config import load_config
+from jaxprune.sweep import Sweep, cases, product, zip_
 
-from jaxprune.sweep import Sweep, cases, product, zip_  # noqa: E402
+
+def base_config():
+    """The base config (seed_mlp.py), imported by path: no sys.path edits."""
+    return load_config(Path(__file__).resolve().parents[1] / "configs" / "seed_mlp.py")
+
 
 SEEDS = [0, 1]
 SPARSITIES = [0.5, 0.7, 0.9, 0.95]
@@ -32,7 +35,7 @@ STRATEGIES = cases([
 
 
 def get_sweep():
-    base = get_config()
+    base = base_config()
     base.epochs = 1
     base.batch_size = 128
     base.finetune_epochs = 1

@@ -19,7 +19,7 @@ import numpy as np
 from flax import linen as nn
 
 from jaxprune.errors import PruningError
-from jaxprune.models.common import _takes_train
+from jaxprune.models.common import takes_train
 from jaxprune.neurons.tree import path_names
 
 __all__ = ["flops", "macs", "param_count", "param_bytes", "latency_ms"]
@@ -28,7 +28,7 @@ __all__ = ["flops", "macs", "param_count", "param_bytes", "latency_ms"]
 def _forward(model: nn.Module, kwargs: dict) -> Any:
     if not isinstance(model, nn.Module):
         raise PruningError(f"cost: model must be a flax.linen.Module, got {type(model).__name__}")
-    if _takes_train(model) and "train" not in kwargs:
+    if takes_train(model) and "train" not in kwargs:
         kwargs = {**kwargs, "train": False}  # inference cost: BatchNorm uses its running statistics
     return lambda v, x: model.apply(v, x, **kwargs)
 
@@ -73,7 +73,7 @@ def macs(model: nn.Module, variables: Mapping, input_shape: Sequence[int], batch
         >>> macs(MLP((4, 2)), v, (3,), batch=2)
         40
     """
-    if _takes_train(model) and "train" not in kwargs:
+    if takes_train(model) and "train" not in kwargs:
         kwargs = {**kwargs, "train": False}
     # capture_intermediates records every submodule's output: its shape gives the positions.
     call = lambda v, a: model.apply(v, a, capture_intermediates=True, mutable=["intermediates"],
