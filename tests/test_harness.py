@@ -30,7 +30,7 @@ def _config(*overrides):
 
 
 @pytest.mark.parametrize("module", ["output", "registry", "results", "schema", "steps", "trainer",
-                                    "validate", "precision"])
+                                    "validate", "precision", "run"])
 def test_doctests(module):
     import importlib
     mod = importlib.import_module(f"jaxprune.harness.{module}")

@@ -9,12 +9,13 @@ import numpy as np
 
 from jaxprune import data as jdata
 from jaxprune.errors import DataNotFound
+from jaxprune.harness.schema import FIELDS
 from jaxprune.harness.steps import check_structure_fits
 from jaxprune.harness.trainer import SequentialTrainer, Trainer
 from jaxprune.harness.validate import validate_config
 from jaxprune.models import get_model, init_params
 
-__all__ = ["Run", "make_run", "preflight", "resolve_dataset"]
+__all__ = ["Run", "make_run", "preflight", "resolve_dataset", "toy_config", "toy_run"]
 
 
 class Run(NamedTuple):
@@ -54,9 +55,9 @@ def resolve_dataset(name: str, data_dir: str | None) -> str:
 def make_run(config: Any, trainer: Trainer | None = None) -> Run:
     """Validates an ``nn`` config, loads its data and initialises its model (no training yet).
 
-    Example (loads data)::
-
-        run = make_run(load_config('experiments/configs/seed_mlp.py'))
+    >>> run = make_run(toy_config(dataset='digits'))  # scikit-learn's bundled digits
+    >>> run.train[0].shape, run.config.method
+    ((1437, 8, 8, 1), 'one_shot')
     """
     validate_config(config)
     dataset = resolve_dataset(config.dataset, config.get("data_dir"))
@@ -91,3 +92,36 @@ def preflight(config: Any) -> None:
     model = get_model(config.model, info.num_classes)
     variables = init_params(model, jax.random.PRNGKey(0), (1, *info.image_shape))
     check_structure_fits(config, variables["params"])
+
+
+def toy_config(**overrides: Any) -> Any:
+    """A complete ``nn`` config: every field's default (:data:`~jaxprune.harness.schema.FIELDS`),
+    one short epoch at batch 16 without progress bars, then ``overrides``.
+
+    >>> toy_config(sparsity=0.8).sparsity, toy_config().epochs
+    (0.8, 1)
+    """
+    import ml_collections
+
+    fields = {k: spec.default for k, spec in FIELDS.items()}
+    fields.update(dataset="digits", epochs=1, batch_size=16, latency_batch=0, progress=False)
+    fields.update(overrides)
+    return ml_collections.ConfigDict(fields)
+
+
+def toy_run(examples: int = 64, **overrides: Any) -> Run:
+    """A :class:`Run` on ``examples`` random 8x8 images (10 classes) with the tutorial MLP and
+    :func:`toy_config` (``overrides``): for examples and tests of methods, no data files read.
+
+    >>> run = toy_run(sparsity=0.5)
+    >>> run.train[0].shape, run.test[1].shape, sorted(run.variables)
+    ((64, 8, 8, 1), (64,), ['params'])
+    """
+    config = toy_config(**overrides)
+    rng = np.random.default_rng(config.seed)
+    x = rng.normal(size=(examples, 8, 8, 1)).astype(np.float32)
+    y = (np.arange(examples) % 10).astype(np.int32)
+    model = get_model(config.model, 10)
+    key = jax.random.PRNGKey(config.seed)
+    variables = init_params(model, jax.random.fold_in(key, 0), (1, 8, 8, 1))
+    return Run(config, model, variables, (x, y), (x, y), jax.random.fold_in(key, 1))
