@@ -174,9 +174,13 @@ def test_a_config_missing_a_field_names_it():
 
 
 def test_registries_are_complete():
-    """Run kinds, methods, models and result fields: each entry is reachable and described."""
-    assert set(KINDS) == {"nn", "svm", "tree"}
+    """Run kinds, methods, models: each entry is reachable, described, and matches the result schema."""
+    from jaxprune.results_schema import KIND_NAMES
+
+    assert set(KINDS) == set(KIND_NAMES) == {"nn", "svm", "tree"}
     for name, fn in METHODS.items():
         assert callable(fn) and fn.__doc__, name
+        assert harness.get_method(name) is fn
     for name in MODELS:
-        assert isinstance(name, str)
+        model = get_model(name, 10)
+        assert hasattr(model, "apply") and hasattr(model, "init"), name

@@ -30,6 +30,7 @@ LAZY: dict[tuple[str, str], str] = {
     ("jaxprune.cli", "jaxprune.sweep.spec"): "the CLI parses arguments before importing jax",
     ("jaxprune.demo", "jaxprune.cli"): "`python -m jaxprune.demo` parses its arguments before jax loads",
     ("jaxprune.sweep.runner", "jaxprune.experiment"): "`jaxprune report` reads records without jax",
+    ("jaxprune.sweep.runner", "jaxprune.sweep.vmapped"): "`jaxprune report` reads records without jax",
     ("jaxprune.train.context", "jaxprune.train.checkpoint"): "orbax takes ~1 s to import",
     ("jaxprune.train.context", "jaxprune.train.parallel"): "a mesh is rarely asked for",
     ("jaxprune.train.context", "jaxprune.errors"): "keeps the context module free of imports",

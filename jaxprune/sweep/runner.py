@@ -16,7 +16,6 @@ torn last line after a crash of the machine, which the next start cuts off). On 
 from __future__ import annotations
 
 import glob
-import importlib
 import json
 import os
 import sys
@@ -32,7 +31,6 @@ __all__ = ["parse_shard", "shard_indices", "results_path", "read_records", "fini
            "run_sweep", "SweepOutcome"]
 
 
-_VMAPPED = "jaxprune.sweep.vmapped"  # imported lazily: optional, and it imports jax
 
 
 class SweepOutcome(NamedTuple):
@@ -275,16 +273,9 @@ def _groups(configs: list, vmap: bool, note: Callable[[str], None]) -> list[list
     singletons = [[i] for i in range(len(configs))]
     if not vmap or len(configs) < 2:
         return singletons
-    try:
-        vmapped = importlib.import_module(_VMAPPED)
-    except ModuleNotFoundError as err:
-        if err.name != _VMAPPED:
-            note(f"vmapped groups unavailable ({err}); running one by one")
-        return singletons
-    except ImportError as err:
-        note(f"vmapped groups unavailable ({err}); running one by one")
-        return singletons
-    groups = vmapped.vmap_groups(configs)
+    from jaxprune.sweep.vmapped import vmap_groups
+
+    groups = vmap_groups(configs)
     flat = sorted(i for g in groups for i in g)
     if flat != list(range(len(configs))):
         raise RuntimeError(f"vmap_groups returned {groups}, not a partition of {len(configs)} runs")
@@ -295,7 +286,9 @@ def _run_group(configs: list, workdirs: list[str]) -> list[dict]:
     if len(configs) == 1:
         from jaxprune.experiment import train_and_evaluate
         return [train_and_evaluate(configs[0], workdirs[0])]
-    return importlib.import_module(_VMAPPED).run_group(configs, workdirs)
+    from jaxprune.sweep.vmapped import run_group
+
+    return run_group(configs, workdirs)
 
 
 def _write_plan(workdir: str, keys: list[str]) -> None:
