@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxprune.counts import check_sparsity_value
 from jaxprune.errors import ConfigError
 from jaxprune.harness.precision import BITS
 from jaxprune.harness.registry import METHODS
@@ -26,20 +25,8 @@ def validate_config(config: Any) -> None:
     """
     if config.get("kind", "nn") != "nn":
         return
-    validate_fields(config)  # types, ranges, missing fields, cross-field rules (harness.schema)
-    for key in ("epochs", "finetune_epochs"):
-        if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 0:
-            raise ConfigError(f"config field {key!r} must be an integer >= 0, got {config[key]!r}")
-    for key in ("batch_size", "seed"):
-        low = 1 if key == "batch_size" else 0
-        if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < low:
-            raise ConfigError(f"config field {key!r} must be an integer >= {low}, got {config[key]!r}")
-    if not (isinstance(config.learning_rate, (int, float)) and config.learning_rate > 0):
-        raise ConfigError(f"config field 'learning_rate' must be > 0, got {config.learning_rate!r}")
-    try:
-        check_sparsity_value(config.sparsity, "config field 'sparsity'")
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
+    # Types, ranges, missing fields and cross-field rules: one spec per field (harness.schema).
+    validate_fields(config)
     if config.method not in METHODS:  # registered by jaxprune.methods
         raise ConfigError(f"method={config.method!r} is unknown; known: {sorted(METHODS)}")
     check_names(config.scorer, config.allocation)
@@ -48,7 +35,8 @@ def validate_config(config: Any) -> None:
 
 
 def validate_stages(config: Any) -> None:
-    """Neuron, quantization and precision fields, checked before any data is loaded.
+    """The rules between neuron, quantization and precision fields and the names they take (their
+    types and ranges are :func:`~jaxprune.harness.schema.validate_fields`'), before data is loaded.
 
     >>> import ml_collections
     >>> validate_stages(ml_collections.ConfigDict({'quantize': 'int3'}))
@@ -60,9 +48,6 @@ def validate_stages(config: Any) -> None:
     if g("criterion", "none") not in ("none", *CRITERIA):
         raise ConfigError(f"config field 'criterion' must be one of {['none', *sorted(CRITERIA)]}, "
                           f"got {g('criterion')!r}")
-    for key in ("shrink", "mean_replacement"):
-        if not isinstance(g(key, False), bool):
-            raise ConfigError(f"config field {key!r} must be true or false, got {g(key)!r}")
     if g("mean_replacement", False) and not g("shrink", False):
         raise ConfigError("config field 'mean_replacement' needs shrink=true (the removed units' mean "
                           "is folded into the next layer of the shrunk model)")
@@ -70,10 +55,6 @@ def validate_stages(config: Any) -> None:
             "neurons", "channels"):
         raise ConfigError("config fields 'shrink' and 'criterion' need structure=neurons or channels, "
                           f"got structure={g('structure')!r}")
-    for key, low in (("calibration_batches", 1), ("qat_epochs", 0), ("latency_batch", 0)):
-        v = g(key, low)
-        if not isinstance(v, int) or isinstance(v, bool) or v < low:
-            raise ConfigError(f"config field {key!r} must be an integer >= {low}, got {v!r}")
     if g("quantize", "none") not in BITS:
         raise ConfigError(f"config field 'quantize' must be one of {sorted(BITS)}, got {g('quantize')!r}")
     if g("qat_epochs", 0) and g("quantize", "none") == "none":
