@@ -33,15 +33,9 @@ def quantize_stage(run: Run, out: MethodOutput) -> MethodOutput:
     ``out`` is a method's result; the params returned are the QAT-trained float params (still exactly
     zero where masked).
     """
-    c = run.config
-    if c.quantize not in BITS:
-        raise ConfigError(f"config field 'quantize' must be one of {sorted(BITS)}, got {c.quantize!r}")
-    if not isinstance(c.qat_epochs, int) or c.qat_epochs < 0:
-        raise ConfigError(f"config field 'qat_epochs' must be an integer >= 0, got {c.qat_epochs!r}")
+    c = run.config  # its fields were validated before data loaded (harness.validate_config)
     bits = BITS[c.quantize]
     if bits is None:
-        if c.qat_epochs:
-            raise ConfigError("config field 'qat_epochs' needs quantize=int8 or int4")
         return out
     if out.final_model is not None:
         raise ConfigError("quantize with shrink=true is not supported yet: quantize the shrunk model "

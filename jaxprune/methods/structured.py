@@ -44,8 +44,6 @@ def _model_kwargs(model: Any) -> dict:
 def _calibration(run: Run) -> list:
     c = run.config
     n = int(c.calibration_batches)
-    if n < 1:
-        raise ConfigError(f"config field 'calibration_batches' must be >= 1, got {n}")
     it = jdata.batches(*run.train, c.batch_size, seed=c.seed + 10_007, epoch=0)
     return [b.images for _, b in zip(range(n), it)]
 
@@ -83,10 +81,7 @@ def unit_scores(run: Run, params: Any, model_state: Any, criterion: str,
 
 def structured_one_shot(run: Run) -> MethodOutput:
     """Train dense, remove the lowest-scoring units of each hidden layer, (shrink,) fine-tune."""
-    c = run.config
-    if c.mean_replacement and not c.shrink:
-        raise ConfigError("config field 'mean_replacement' needs shrink=true (the removed units' mean "
-                          "is folded into the next layer of the shrunk model)")
+    c = run.config  # its fields were validated before data loaded (harness.validate_config)
     base = unwrap(run.model)
     plan = plan_for(base)  # raises a clear error for unsupported architectures
     layers = tuple(e.layer for e in plan.edges)
