@@ -7,7 +7,7 @@ The core pipeline, one small module each::
 
 from jaxprune.allocate import achieved_sparsity, check_budget, er_sparsity, erk_sparsity, uniform_sparsity
 from jaxprune.counts import num_pruned
-from jaxprune.errors import ConfigError, DataError, PruningError
+from jaxprune.errors import ConfigError, DataError, DataNotFound, JaxpruneError, PruningError
 from jaxprune.masks import (
     LeafSummary,
     Summary,
@@ -43,7 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # errors
-    "PruningError", "DataError", "ConfigError",
+    "JaxpruneError", "PruningError", "DataError", "DataNotFound", "ConfigError",
     # paths and selection
     "path_str", "leaf_paths", "map_with_path", "kernels", "matrices", "flatten_with_paths",
     "selected_paths",

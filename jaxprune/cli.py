@@ -4,8 +4,11 @@
     jaxprune sweep SWEEP_FILE --workdir DIR [key=value ...] [--shard I/N] [--no-vmap] [--no-progress]
     jaxprune report DIR [--best] [--max-drop PP] [--log-x]
 
-User errors (bad config, unknown dataset, missing files, bad values) print one ``error:`` line and
-exit with status 2, without a traceback.
+User errors (bad config, unknown dataset, missing files, bad values: :class:`~jaxprune.errors.
+JaxpruneError`) print one ``error:`` line and exit with status 2, without a traceback; any other
+exception is a bug and keeps its traceback. ``JAXPRUNE_DEBUG=1`` re-raises user errors too, with
+their traceback. Bad input is found before data loads: the config file, its fields
+(:mod:`jaxprune.harness.schema`) and the workdir are checked first.
 
 On start the command calls :func:`jaxprune.hostmem.keep_freed_memory` (glibc keeps the memory freed
 by XLA's per-step buffers for reuse; ``JAXPRUNE_MALLOC=default`` turns it off).
@@ -23,14 +26,16 @@ __all__ = ["main"]
 
 def _run(args: argparse.Namespace) -> int:
     from jaxprune.config import apply_overrides, load_config
-    from jaxprune.experiment import format_result, train_and_evaluate
+    from jaxprune.experiment import (check_workdir, format_result, resolve_dataset, train_and_evaluate,
+                                     validate_config)
 
+    check_workdir(args.workdir)
     config = apply_overrides(load_config(args.config), args.overrides)
+    validate_config(config)  # every field, before the data set is looked for
     if args.no_progress:
         with config.unlocked():
             config.progress = False
     if config.get("dataset") == "auto":
-        from jaxprune.experiment import resolve_dataset
         chosen = resolve_dataset("auto", config.get("data_dir"))
         print(f"[jaxprune] dataset=auto -> {chosen}" + (
             "" if chosen == "fashion_mnist" else
@@ -47,7 +52,10 @@ def _sweep(args: argparse.Namespace) -> int:
     from jaxprune.sweep.runner import parse_shard, run_sweep
     from jaxprune.sweep.spec import expand_all, load_sweep
 
+    from jaxprune.harness.results import check_workdir
+
     shard = parse_shard(args.shard) if args.shard else (0, 1)
+    check_workdir(args.workdir)
     configs = expand_all(load_sweep(args.sweep_file), args.overrides)
     # XLA's persistent cache: every run compiles the same programs again (see docs/sweeps.md).
     cache = os.environ.get("JAXPRUNE_COMPILATION_CACHE", os.path.join(args.workdir, ".jax_cache"))
@@ -121,12 +129,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from jaxprune.errors import JaxpruneError
+
     try:
         from jaxprune.hostmem import keep_freed_memory
         keep_freed_memory()
         return args.func(args)
-    except ValueError as err:  # PruningError / DataError / ConfigError and other bad values
-        print(f"error: {err}", file=sys.stderr)
+    except JaxpruneError as err:  # the kit's own errors: bad input, not a bug (those keep a traceback)
+        if os.environ.get("JAXPRUNE_DEBUG") == "1":
+            raise
+        # One line, whatever the message: the first line of stderr that says `error:` is all of it.
+        print("error: " + " ".join(line.strip() for line in str(err).splitlines() if line.strip()),
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

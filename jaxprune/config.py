@@ -9,6 +9,7 @@ raise :class:`~jaxprune.errors.ConfigError` naming the field.
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.util
 import os
 from typing import Any, Iterable, Mapping
@@ -17,7 +18,8 @@ import ml_collections
 
 from jaxprune.errors import ConfigError
 
-__all__ = ["load_config", "apply_overrides", "parse_value", "field_or_default"]
+__all__ = ["load_config", "import_file", "call_user", "apply_overrides", "parse_value", "coerce_value",
+           "field_or_default"]
 
 
 def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -25,21 +27,62 @@ def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
 
     >>> cfg = load_config('experiments/configs/seed_mlp.py')  # doctest: +SKIP
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist")
-    spec = importlib.util.spec_from_file_location(f"_jaxprune_config_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as err:  # a broken user file: report it as a config error
-        raise ConfigError(f"config file {path!r} failed to import: {type(err).__name__}: {err}") from err
+    module = import_file(path, "config")
+    if hasattr(module, "get_sweep"):
+        raise ConfigError(f"{path!r} is a sweep file (it has get_sweep()): run it with `jaxprune sweep`")
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path!r} has no get_config()")
-    config = module.get_config()
+    config = call_user(module.get_config, f"config file {path!r}: get_config()")
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
     return config
+
+
+def import_file(path: str | os.PathLike, what: str) -> Any:
+    """Imports the Python file ``path`` (a config or sweep file) as a fresh module.
+
+    A variant imports its base by path (``load_config(Path(__file__).with_name('seed_mlp.py'))``),
+    never through ``sys.path``. Any failure, including ``sys.exit()`` at import, is a
+    :class:`ConfigError` naming the file.
+
+    >>> import_file('nope.py', 'config')
+    Traceback (most recent call last):
+    ...
+    jaxprune.errors.ConfigError: config file 'nope.py' does not exist
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} file {path!r} does not exist")
+    name = f"_jaxprune_{what}_" + hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ConfigError as err:
+        raise ConfigError(f"{what} file {path!r}: {err}") from err
+    except BaseException as err:  # a broken user file (sys.exit included): a config error
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        raise ConfigError(f"{what} file {path!r} failed to import: {type(err).__name__}: {err}") from err
+    return module
+
+
+def call_user(fn: Any, where: str) -> Any:
+    """``fn()`` with any failure of the user's code (sys.exit included) as a :class:`ConfigError`.
+
+    >>> call_user(lambda: 1 / 0, 'get_config()')
+    Traceback (most recent call last):
+    ...
+    jaxprune.errors.ConfigError: get_config() failed: ZeroDivisionError: division by zero
+    """
+    try:
+        return fn()
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from err
+    except BaseException as err:  # noqa: BLE001 -- the user's code: report, don't crash
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        raise ConfigError(f"{where} failed: {type(err).__name__}: {err}") from err
 
 
 def parse_value(text: str) -> Any:
@@ -59,7 +102,12 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def _coerce(key: str, old: Any, new: Any) -> Any:
+def coerce_value(key: str, old: Any, new: Any) -> Any:
+    """``new`` as the type of the field's current value ``old`` (an int is fine for a float field).
+
+    >>> coerce_value('lr', 0.1, 1), coerce_value('name', 'a', 3)
+    (1.0, '3')
+    """
     if old is None or new is None:
         return new
     if isinstance(old, bool):
@@ -104,7 +152,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
             raise ConfigError(f"unknown config key {key!r}; known keys: {known}")
         old = node[parts[-1]]
         # A string field takes the text as written ('none' is a method name, not None).
-        value = text if isinstance(old, str) else _coerce(key, old, parse_value(text))
+        value = text if isinstance(old, str) else coerce_value(key, old, parse_value(text))
         with node.ignore_type():
             node[parts[-1]] = value
     return config

@@ -34,7 +34,7 @@ from jaxprune.dtree import (
     validate_tree,
 )
 from jaxprune.dtree.experiment import run_tree
-from jaxprune.dtree.predict import _threshold_f32, _walk
+from jaxprune.dtree.predict import threshold_f32, _walk
 from jaxprune.errors import ConfigError, PruningError
 
 LOADERS = {
@@ -163,7 +163,7 @@ def test_new_mask_does_not_recompile():
 @given(st.floats(0.0, 0.1))
 def test_threshold_rounding_keeps_float32_decisions(t):
     # predict compares in float32; the float32 threshold must split float32 inputs exactly as float64 does.
-    r = _threshold_f32(np.array([t]))[0]
+    r = threshold_f32(np.array([t]))[0]
     assert r.dtype == np.float32 and float(r) <= t < float(np.nextafter(r, np.float32(np.inf)))
 
 
@@ -416,7 +416,8 @@ def test_bad_inputs_elsewhere():
 def test_run_tree(method, alpha):
     r = run_tree({"dataset": "breast_cancer", "method": method, "ccp_alpha": alpha, "max_depth": 5, "seed": 1})
     keys = {"dataset", "model", "method", "test_accuracy", "dense_test_accuracy", "nodes_total", "nodes_final",
-            "leaves_total", "leaves_final", "sparsity", "seed", "wall_s"}  # fmt: skip
+            "leaves_total", "leaves_final", "sparsity", "seed", "wall_s", "kind", "schema_version",
+            "split_criterion"}  # fmt: skip
     assert keys <= set(r) and r["model"] == "decision_tree" and r["method"] == method
     assert r["sparsity"] == pytest.approx(1 - r["nodes_final"] / r["nodes_total"])
     assert r["nodes_final"] == 2 * r["leaves_final"] - 1 and 0.8 < r["test_accuracy"] <= 1.0

@@ -24,20 +24,20 @@ def _config(*overrides):
 def test_pqat_keeps_pruned_weights_zero_and_int8_levels():
     run = with_precision(make_run(_config("quantize=int8", "qat_epochs=1")))
     out = METHODS["one_shot"](run)
-    before = jax.tree.map(np.asarray, out["params"])
+    before = jax.tree.map(np.asarray, out.params)
     out = quantize_stage(run, out)
-    for m, p, p0 in zip(jax.tree.leaves(out["masks"]), jax.tree.leaves(out["params"]),
+    for m, p, p0 in zip(jax.tree.leaves(out.masks), jax.tree.leaves(out.params),
                         jax.tree.leaves(before)):
         assert np.all(np.asarray(p)[~np.asarray(m)] == 0.0)  # pruned stays exactly zero after QAT
     changed = any(not np.array_equal(a, np.asarray(b)) for a, b in
-                  zip(jax.tree.leaves(before), jax.tree.leaves(out["params"])))
+                  zip(jax.tree.leaves(before), jax.tree.leaves(out.params)))
     assert changed  # QAT really trained
-    q = quantize(out["params"], 8)
+    q = quantize(out.params, 8)
     kernel = q["Dense_0"]["kernel"]
     values = np.asarray(kernel.values)
     for c in range(values.shape[-1]):
         assert len(np.unique(values[:, c])) <= 256
-    assert 0.0 <= out["quantized_test_accuracy"] <= 1.0 and out["quantize_bits"] == 8
+    assert 0.0 <= out.extra["quantized_test_accuracy"] <= 1.0 and out.extra["quantize_bits"] == 8
 
 
 def test_run_reports_quantized_accuracy_and_bytes(tmp_path):
@@ -91,8 +91,8 @@ def test_masks_survive_mixed_precision_training(tmp_path):
     (["precision=f64"], "precision"),
 ])
 def test_bad_quantization_configs(tmp_path, overrides, match, monkeypatch):
-    import jaxprune.experiment as ex
+    import jaxprune.data as jdata
 
-    monkeypatch.setattr(ex.jdata, "load", lambda *a, **k: pytest.fail("validated after loading data"))
+    monkeypatch.setattr(jdata, "load", lambda *a, **k: pytest.fail("validated after loading data"))
     with pytest.raises(ConfigError, match=match):
         train_and_evaluate(_config(*overrides), tmp_path)

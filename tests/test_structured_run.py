@@ -65,9 +65,9 @@ def test_finetuned_shrunk_model_and_latency_fields(tmp_path):
     (["criterion=l2", "shrink=true", "quantize=int8"], "shrink"),
 ])
 def test_bad_structured_configs(tmp_path, overrides, match, monkeypatch):
-    import jaxprune.experiment as ex
+    import jaxprune.data as jdata
 
-    monkeypatch.setattr(ex.jdata, "load", lambda *a, **k: pytest.fail("validated after loading data"))
+    monkeypatch.setattr(jdata, "load", lambda *a, **k: pytest.fail("validated after loading data"))
     with pytest.raises(ConfigError, match=match):
         _run(tmp_path, *overrides)
 

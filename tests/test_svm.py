@@ -207,7 +207,8 @@ def test_run_svm_result_fields():
     assert config.kind == "svm"
     config.structure, config.sparsity, config.finetune_steps = "features", 0.75, 100
     r = run_svm(config)
-    assert r["dataset"] == "digits" and r["model"] == "linear_svm" and r["method"] == "magnitude"
+    assert r["dataset"] == "digits" and r["model"] == "linear_svm" and r["method"] == "one_shot"
+    assert r["scorer"] == "magnitude" and r["kind"] == "svm" and r["schema_version"] >= 1
     assert r["target_sparsity"] == 0.75 and r["sparsity"] == pytest.approx(0.75)
     assert r["total_params"] == 650 and r["nonzero_params"] == 160 + 10
     assert r["features_used"] == 16 and r["seed"] == 0 and r["wall_s"] > 0

@@ -90,7 +90,7 @@ def test_run_key_is_stable_and_ignores_progress():
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: Path(p).stem)
 def test_every_sweep_file_loads_and_expands(path):
-    from jaxprune.experiment import _validate
+    from jaxprune.experiment import validate_config as _validate
     configs = expand_all(load_sweep(path))
     assert configs and len({run_key(c) for c in configs}) == len(configs)
     for c in configs:

@@ -9,19 +9,20 @@ import doctest
 import json
 
 import jax
-from jax.experimental.compilation_cache import compilation_cache
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import persistent_compilation_cache
 
 from jaxprune import data as jdata
 from jaxprune.config import apply_overrides, load_config
 from jaxprune.errors import ConfigError
 from jaxprune.experiment import METHODS, make_run, train_and_evaluate
+from jaxprune.harness import GroupTrainer, run_in_group
 from jaxprune.models import get_model, init_params
 from jaxprune.sweep import group_fit, vmapped
-from jaxprune.sweep.vmapped import _Group, fit_group, run_group, vmap_groups
+from jaxprune.sweep.vmapped import fit_group, run_group, vmap_groups
 from jaxprune.train import create_train_state, fit, masked
 
 BASE = ["dataset=digits", "model=tutorial_mlp", "epochs=1", "finetune_epochs=1", "sparsity=0.5",
@@ -32,17 +33,7 @@ BASE = ["dataset=digits", "model=tutorial_mlp", "epochs=1", "finetune_epochs=1",
 def _persistent_compilation_cache(tmp_path_factory):
     """The one-by-one runs compile the same init/eval/pruning programs again and again; a persistent
     cache (as ``jaxprune sweep`` uses, runner.py) makes this module ~4x faster. Restored afterwards."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    old = {name: getattr(jax.config, name) for name in names}
-    compilation_cache.reset_cache()
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    yield
-    for name, value in old.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
+    yield from persistent_compilation_cache(tmp_path_factory.mktemp("xla_cache"))
 
 
 def _config(*overrides):
@@ -203,9 +194,10 @@ def test_fit_group_masked_per_run_masks(digits_runs):
 
 
 def _method_outputs(configs, strategy):
-    runs = [make_run(c.copy_and_resolve_references()) for c in configs]
-    group = _Group(runs, strategy, [[] for _ in runs])
-    return vmapped._METHODS[configs[0].method](group)
+    """The sequential methods themselves, their fit calls trained as one group (GroupTrainer)."""
+    trainer = GroupTrainer(len(configs), strategy)
+    return run_in_group(trainer, [lambda c=c: METHODS[c.method](make_run(c.copy_and_resolve_references(),
+                                                                           trainer)) for c in configs])
 
 
 def _sequential_outputs(configs):
@@ -227,22 +219,22 @@ def test_group_methods_equal_sequential(method):
     for configs, seq in ((seeds, seq_seeds), (sparsities, seq_sparsities)):
         assert vmap_groups(configs) == [[0, 1, 2]]
         for a, b in zip(seq, _method_outputs(configs, "scan")):
-            assert set(a) == set(b)
-            _same(a["params"], b["params"])
-            _same(a["masks"], b["masks"])
-            assert a["dense_test_accuracy"] == b["dense_test_accuracy"]
-            assert a["pruned_test_accuracy"] == b["pruned_test_accuracy"]
-    counts = [sum(int(np.sum(~np.asarray(m))) for m in jax.tree.leaves(o["masks"])) for o in seq_sparsities]
+            assert a._fields == b._fields and a.extra == b.extra
+            _same(a.params, b.params)
+            _same(a.masks, b.masks)
+            assert a.dense_test_accuracy == b.dense_test_accuracy
+            assert a.pruned_test_accuracy == b.pruned_test_accuracy
+    counts = [sum(int(np.sum(~np.asarray(m))) for m in jax.tree.leaves(o.masks)) for o in seq_sparsities]
     assert method == "none" or counts[0] < counts[1] < counts[2]
     if method == "one_shot":
         # strategy='vmap' on this short run (44 dense + 44 fine-tuning steps): the weights differ
         # only in the last bits, masks and accuracies are the same (not guaranteed for long runs).
         for a, b in zip(seq_seeds, _method_outputs(seeds, "vmap")):
-            _same(a["masks"], b["masks"])
+            _same(a.masks, b.masks)
             jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=0, atol=1e-5),
-                         a["params"], b["params"])
-            assert (a["dense_test_accuracy"], a["pruned_test_accuracy"]) == (
-                b["dense_test_accuracy"], b["pruned_test_accuracy"])
+                         a.params, b.params)
+            assert (a.dense_test_accuracy, a.pruned_test_accuracy) == (
+                b.dense_test_accuracy, b.pruned_test_accuracy)
 
 
 def test_run_group_writes_what_train_and_evaluate_writes(tmp_path):
@@ -275,7 +267,7 @@ def test_global_one_shot_and_static_sparse_groups_equal_sequential(method):
                _config(f"method={method}", "allocation=uniform", "seed=8", "sparsity=0.8")]
     out = _method_outputs(configs, "scan")
     for a, b in zip(_sequential_outputs(configs), out):
-        _same(a["params"], b["params"])
-        _same(a["masks"], b["masks"])
-        assert a["pruned_test_accuracy"] == b["pruned_test_accuracy"]
-        assert a["dense_test_accuracy"] == b["dense_test_accuracy"]
+        _same(a.params, b.params)
+        _same(a.masks, b.masks)
+        assert a.pruned_test_accuracy == b.pruned_test_accuracy
+        assert a.dense_test_accuracy == b.dense_test_accuracy

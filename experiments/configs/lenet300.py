@@ -3,11 +3,14 @@
     jaxprune run experiments/configs/lenet300.py sparsity=0.92 finetune_epochs=5 --workdir /tmp/r
 """
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from seed_mlp import get_config as _seed  # noqa: E402
+from jaxprune.config import load_config
+
+
+def _seed():
+    """The base config (seed_mlp.py), imported by path: no sys.path edits."""
+    return load_config(Path(__file__).with_name("seed_mlp.py"))
 
 
 def get_config():

@@ -23,11 +23,15 @@ it and random 90 % ~25 pp below (``tests/test_example.py::test_demo_digits_budge
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "configs"))
-from seed_mlp import get_config  # noqa: E402
+from jaxprune.config import load_config
+from jaxprune.harness import resolve_dataset
+from jaxprune.sweep import Sweep, cases, product, zip_
 
-from jaxprune.experiment import resolve_dataset  # noqa: E402
-from jaxprune.sweep import Sweep, cases, product, zip_  # noqa: E402
+
+def base_config():
+    """The base config (seed_mlp.py), imported by path: no sys.path edits."""
+    return load_config(Path(__file__).resolve().parents[1] / "configs" / "seed_mlp.py")
+
 
 SEEDS = [0, 1]
 SPARSITIES = [0.5, 0.7, 0.9, 0.95]
@@ -50,7 +54,7 @@ def budget(dataset: str) -> dict:
 
 
 def get_sweep():
-    base = get_config()
+    base = base_config()
     base.dataset = resolve_dataset("auto", base.data_dir)
     chosen = budget(base.dataset)
     if base.dataset == "digits":

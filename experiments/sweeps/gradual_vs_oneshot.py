@@ -13,20 +13,23 @@ warm) took 17.5 s of CPU (gradual) and 20.1 s (one-shot); 15 + 15 + 3 dense runs
     jaxprune report runs/gradual --best
 """
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "configs"))
-from lenet300 import get_config  # noqa: E402
+from jaxprune.config import load_config
+from jaxprune.sweep import Sweep, product, zip_
 
-from jaxprune.sweep import Sweep, product, zip_  # noqa: E402
+
+def base_config():
+    """The base config (lenet300.py), imported by path: no sys.path edits."""
+    return load_config(Path(__file__).resolve().parents[1] / "configs" / "lenet300.py")
+
 
 SEEDS = [0, 1, 2]
 SPARSITIES = [0.5, 0.75, 0.9, 0.95, 0.98]
 
 
 def get_sweep():
-    base = get_config()
+    base = base_config()
     base.epochs = 5
     base.finetune_epochs = 1
     base.batch_size = 128

@@ -17,13 +17,16 @@ training; 200 trainings + 2 dense runs.
     jaxprune report runs/lth --log-x --best
 """
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "configs"))
-from lenet300 import get_config  # noqa: E402
+from jaxprune.config import load_config
+from jaxprune.sweep import Sweep, product, zip_
 
-from jaxprune.sweep import Sweep, product, zip_  # noqa: E402
+
+def base_config():
+    """The base config (lenet300.py), imported by path: no sys.path edits."""
+    return load_config(Path(__file__).resolve().parents[1] / "configs" / "lenet300.py")
+
 
 SEEDS = [0, 1]
 ROUNDS = [3, 6, 9, 12, 15]
@@ -32,7 +35,7 @@ SPARSITIES = [1 - 0.8 ** k for k in ROUNDS]
 
 
 def get_sweep():
-    base = get_config()
+    base = base_config()
     base.epochs = 1  # per IMP round
     base.batch_size = 60
     base.learning_rate = 1.2e-3

@@ -17,13 +17,16 @@ warm) took 14.9 s of CPU (SNIP), 15.8 (GraSP), 13.8 (SynFlow), 16.1 (static_spar
     jaxprune report runs/pai --log-x --best
 """
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "configs"))
-from lenet300 import get_config  # noqa: E402
+from jaxprune.config import load_config
+from jaxprune.sweep import Sweep, cases, product, zip_
 
-from jaxprune.sweep import Sweep, cases, product, zip_  # noqa: E402
+
+def base_config():
+    """The base config (lenet300.py), imported by path: no sys.path edits."""
+    return load_config(Path(__file__).resolve().parents[1] / "configs" / "lenet300.py")
+
 
 SEEDS = [0, 1]
 SPARSITIES = [0.9, 0.95, 0.98, 0.99]
@@ -37,7 +40,7 @@ METHODS = cases([
 
 
 def get_sweep():
-    base = get_config()
+    base = base_config()
     base.epochs = 3
     base.finetune_epochs = 1
     base.batch_size = 128

@@ -13,20 +13,23 @@ x ~21 s + ~15 s of first compiles.
     jaxprune report runs/seed_mlp --best --max-drop 1.0
 """
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "configs"))
-from seed_mlp import get_config  # noqa: E402
+from jaxprune.config import load_config
+from jaxprune.sweep import Sweep, product, zip_
 
-from jaxprune.sweep import Sweep, product, zip_  # noqa: E402
+
+def base_config():
+    """The base config (seed_mlp.py), imported by path: no sys.path edits."""
+    return load_config(Path(__file__).resolve().parents[1] / "configs" / "seed_mlp.py")
+
 
 SEEDS = [0, 1, 2]
 SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95]
 
 
 def get_sweep():
-    base = get_config()
+    base = base_config()
     base.finetune_epochs = 2
     base.latency_batch = 0
     dense = Sweep(base, [zip_({"method": ["none"], "sparsity": [0.0], "epochs": [7],

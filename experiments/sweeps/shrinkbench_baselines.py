@@ -14,13 +14,16 @@ warm) took 16.4 s of CPU (saliency, global) and 12.9 s (magnitude, uniform); 52 
     jaxprune report runs/shrinkbench --best
 """
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "configs"))
-from lenet300 import get_config  # noqa: E402
+from jaxprune.config import load_config
+from jaxprune.sweep import Sweep, cases, product, zip_
 
-from jaxprune.sweep import Sweep, cases, product, zip_  # noqa: E402
+
+def base_config():
+    """The base config (lenet300.py), imported by path: no sys.path edits."""
+    return load_config(Path(__file__).resolve().parents[1] / "configs" / "lenet300.py")
+
 
 SEEDS = [0, 1]
 COMPRESSIONS = [2, 4, 8, 16, 32]
@@ -35,7 +38,7 @@ STRATEGIES = cases([
 
 
 def get_sweep():
-    base = get_config()
+    base = base_config()
     base.method = "one_shot"
     base.epochs = 3
     base.finetune_epochs = 1

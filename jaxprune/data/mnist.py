@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxprune.data.idx import read_idx
 from jaxprune.data.tfds_source import load_tfds, to_unit_float
-from jaxprune.errors import DataError
+from jaxprune.errors import DataError, DataNotFound
 
 __all__ = ["ENV_VAR", "IDX_SETS", "load_idx_set"]
 
@@ -115,7 +115,7 @@ def load_idx_set(
     looked = "\n".join(f"  - {d}" for d in dirs) or "  (no directory)"
     skipped = "".join(f"\n  - {n}" for n in notes)
     debian = " (Fashion-MNIST only: sudo apt-get install dataset-fashion-mnist)," if DEBIAN_DIRS[name] else ""
-    raise DataError(
+    raise DataNotFound(
         f"{name} split {split!r}: no directory holds both {image_base}[.gz] and {label_base}[.gz].\n"
         f"Looked in:\n{looked}{skipped}\n"
         f"To fix:{debian} download the four IDX files into a directory and set {ENV_VAR}=<dir> "

@@ -8,8 +8,12 @@ and then fail anyway.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import importlib.util
-from typing import Any, NamedTuple
+import os
+import tempfile
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
@@ -100,6 +104,20 @@ def to_unit_float(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32)
 
 
+@contextlib.contextmanager
+def _no_leftover_tmp() -> Iterator[None]:
+    """Removes the empty ``/tmp/tmp*tfds`` directories tensorflow-datasets leaves behind when a set
+    cannot be opened (two per failed call); only new, empty ones (``os.rmdir`` refuses others)."""
+    pattern = os.path.join(tempfile.gettempdir(), "tmp*tfds")
+    before = set(glob.glob(pattern))
+    try:
+        yield
+    finally:
+        for path in set(glob.glob(pattern)) - before:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+
 def load_tfds(name: str, split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Reads tfds split ``split`` of ``name`` as (float32 NHWC images in [0, 1], int32 labels).
 
@@ -109,9 +127,12 @@ def load_tfds(name: str, split: str, data_dir: str | None = None) -> tuple[np.nd
         ((10000, 32, 32, 3), dtype('int32'))
     """
     tfds = _import_tfds()
-    meta = tfds_meta(name, data_dir)
     try:
-        source = tfds.data_source(name, split=split, data_dir=data_dir, download=_tensorflow_installed())
+        with _no_leftover_tmp():
+            meta = tfds_meta(name, data_dir)
+            source = tfds.data_source(name, split=split, data_dir=data_dir, download=_tensorflow_installed())
+    except DataError:
+        raise
     except Exception as e:  # not prepared, TFRECORD-only copy, no network, unknown split, ...
         raise DataError(
             f"tensorflow-datasets could not open {name!r} split {split!r}: {_first_line(e)}; "

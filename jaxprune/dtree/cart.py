@@ -17,7 +17,7 @@ import numpy as np
 from jaxprune.dtree.tree import LEAF, UNDEFINED, DecisionTree
 from jaxprune.errors import PruningError
 
-_CLASSIFICATION = ("gini", "entropy", "log_loss")
+CLASSIFICATION = ("gini", "entropy", "log_loss")
 _REGRESSION = ("squared_error",)
 _EPSILON = np.finfo(np.float64).eps  # scikit-learn treats impurity <= eps as pure
 _GAP = np.float32(1e-7)  # scikit-learn's FEATURE_THRESHOLD: closer float32 values count as equal
@@ -101,8 +101,8 @@ def fit_tree(
     >>> t.threshold.tolist(), t.left.tolist()
     ([0.5, -2.0, -2.0], [1, -1, -1])
     """
-    if criterion not in _CLASSIFICATION + _REGRESSION:
-        raise PruningError(f"fit_tree: criterion must be one of {_CLASSIFICATION + _REGRESSION}, got {criterion!r}")
+    if criterion not in CLASSIFICATION + _REGRESSION:
+        raise PruningError(f"fit_tree: criterion must be one of {CLASSIFICATION + _REGRESSION}, got {criterion!r}")
     max_depth = _check_int("max_depth", max_depth, 1, allow_none=True)
     min_samples_split = _check_int("min_samples_split", min_samples_split, 2)
     min_samples_leaf = _check_int("min_samples_leaf", min_samples_leaf, 1)
@@ -116,7 +116,7 @@ def fit_tree(
         raise PruningError(f"fit_tree: y must have shape ({X.shape[0]},), got {y.shape}")
     if not np.isfinite(X).all():
         raise PruningError("fit_tree: X contains NaN or infinity")
-    classify = criterion in _CLASSIFICATION
+    classify = criterion in CLASSIFICATION
     if criterion == "log_loss":
         criterion = "entropy"  # scikit-learn's alias
     if classify:

@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from jaxprune.dtree.cart import _CLASSIFICATION, fit_tree
+from jaxprune.dtree.cart import CLASSIFICATION, fit_tree
 from jaxprune.dtree.masks import full_mask, n_active, n_leaves
 from jaxprune.dtree.predict import predict
 from jaxprune.dtree.pruning import prune, reduced_error_prune, select_ccp_alpha
 from jaxprune.config import field_or_default
 from jaxprune.errors import ConfigError
+from jaxprune.results_schema import SCHEMA_VERSION
 
 DATASETS = ("digits", "breast_cancer")
 METHODS = ("none", "ccp", "reduced_error")
@@ -51,8 +52,8 @@ def _read_config(config: Any) -> dict:
         raise ConfigError(f"config.dataset must be one of {DATASETS}, got {c['dataset']!r}")
     if c["method"] not in METHODS:
         raise ConfigError(f"config.method must be one of {METHODS}, got {c['method']!r}")
-    if c["criterion"] not in _CLASSIFICATION:
-        raise ConfigError(f"config.criterion must be one of {_CLASSIFICATION}, got {c['criterion']!r}")
+    if c["criterion"] not in CLASSIFICATION:
+        raise ConfigError(f"config.criterion must be one of {CLASSIFICATION}, got {c['criterion']!r}")
     for name, low in (("seed", 0), ("min_samples_leaf", 1)):
         if isinstance(c[name], bool) or not isinstance(c[name], (int, np.integer)) or c[name] < low:
             raise ConfigError(f"config.{name} must be an integer >= {low}, got {c[name]!r}")
@@ -125,10 +126,13 @@ def run_tree(config: Any) -> dict:
     dense_acc = float(np.mean(np.asarray(predict(tree, X_test)) == y_test))
     nodes_total, nodes_final = n_active(tree), n_active(tree, mask)
     return {
+        "kind": "tree",
+        "schema_version": SCHEMA_VERSION,
         "dataset": c["dataset"],
         "model": "decision_tree",
         "method": c["method"],
-        "criterion": c["criterion"],
+        # The impurity the tree was grown with (not a pruning criterion, unlike an nn run's `criterion`).
+        "split_criterion": c["criterion"],
         "max_depth": c["max_depth"],
         "ccp_alpha": alpha,
         "test_accuracy": test_acc,
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     """Print a markdown table comparing methods (mean ± std over seeds)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="digits", choices=DATASETS)
-    parser.add_argument("--criterion", default="gini", choices=_CLASSIFICATION)
+    parser.add_argument("--criterion", default="gini", choices=CLASSIFICATION)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     args = parser.parse_args(argv)
     rows = [("none", "none", "auto"), ("ccp (auto α)", "ccp", "auto"), ("reduced_error", "reduced_error", "auto")]

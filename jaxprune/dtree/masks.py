@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxprune.dtree.tree import LEAF, UNDEFINED, DecisionTree, _depths, _preorder, n_nodes
+from jaxprune.dtree.tree import LEAF, UNDEFINED, DecisionTree, node_depths, preorder, n_nodes
 from jaxprune.errors import PruningError
 
 
@@ -60,7 +60,7 @@ def validate_mask(tree: DecisionTree, node_mask: Any) -> np.ndarray:
     return mask
 
 
-def _as_mask(tree: DecisionTree, node_mask: Any) -> np.ndarray:
+def as_mask(tree: DecisionTree, node_mask: Any) -> np.ndarray:
     return full_mask(tree) if node_mask is None else validate_mask(tree, node_mask)
 
 
@@ -71,7 +71,7 @@ def leaf_mask(tree: DecisionTree, node_mask: Any = None) -> np.ndarray:
     >>> leaf_mask(fit_tree([[0.0], [1.0]], [0, 1], criterion="gini")).tolist()
     [False, True, True]
     """
-    mask = _as_mask(tree, node_mask)
+    mask = as_mask(tree, node_mask)
     left = np.asarray(tree.left)
     has_child = np.zeros_like(mask)
     inner = left != LEAF
@@ -97,7 +97,7 @@ def n_active(tree: DecisionTree, node_mask: Any = None) -> int:
     >>> n_active(fit_tree([[0.0], [1.0]], [0, 1], criterion="gini"))
     3
     """
-    return int(_as_mask(tree, node_mask).sum())
+    return int(as_mask(tree, node_mask).sum())
 
 
 def depth(tree: DecisionTree, node_mask: Any = None) -> int:
@@ -107,8 +107,8 @@ def depth(tree: DecisionTree, node_mask: Any = None) -> int:
     >>> depth(fit_tree([[0.0], [1.0]], [0, 1], criterion="gini"))
     1
     """
-    mask = _as_mask(tree, node_mask)
-    return int(_depths(np.asarray(tree.left), np.asarray(tree.right))[mask].max())
+    mask = as_mask(tree, node_mask)
+    return int(node_depths(np.asarray(tree.left), np.asarray(tree.right))[mask].max())
 
 
 def compact(tree: DecisionTree, node_mask: Any) -> DecisionTree:
@@ -124,7 +124,7 @@ def compact(tree: DecisionTree, node_mask: Any) -> DecisionTree:
     """
     mask = validate_mask(tree, node_mask)
     left, right = np.asarray(tree.left), np.asarray(tree.right)
-    order = _preorder(left, right, keep=mask)
+    order = preorder(left, right, keep=mask)
     new_id = np.full(left.shape[0], LEAF, np.int64)
     new_id[order] = np.arange(order.shape[0])
     is_leaf = leaf_mask(tree, mask)[order]

@@ -19,12 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxprune.dtree.masks import _as_mask, depth
+from jaxprune.dtree.masks import as_mask, depth
 from jaxprune.dtree.tree import LEAF, DecisionTree, is_classifier
 from jaxprune.errors import PruningError
 
 
-def _threshold_f32(threshold: np.ndarray) -> np.ndarray:
+def threshold_f32(threshold: np.ndarray) -> np.ndarray:
     """Largest float32 not above each float64 threshold (see the module docstring for why)."""
     thr = np.asarray(threshold, np.float64)
     with np.errstate(over="ignore"):
@@ -72,11 +72,11 @@ def apply(tree: DecisionTree, X: Any, node_mask: Any = None) -> jax.Array:
     >>> apply(t, np.array([[0.0], [1.0]])).tolist()
     [1, 2]
     """
-    mask = _as_mask(tree, node_mask)
+    mask = as_mask(tree, node_mask)
     X32 = _check_X(tree, X)
     return _walk(
         jnp.asarray(np.asarray(tree.feature), jnp.int32),
-        jnp.asarray(_threshold_f32(tree.threshold)),
+        jnp.asarray(threshold_f32(tree.threshold)),
         jnp.asarray(np.asarray(tree.left), jnp.int32),
         jnp.asarray(np.asarray(tree.right), jnp.int32),
         jnp.asarray(mask),

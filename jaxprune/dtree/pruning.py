@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxprune.dtree.masks import _as_mask, full_mask
-from jaxprune.dtree.predict import _threshold_f32
-from jaxprune.dtree.tree import LEAF, DecisionTree, _host, _parents, _preorder, is_classifier
+from jaxprune.dtree.masks import as_mask, full_mask
+from jaxprune.dtree.predict import threshold_f32
+from jaxprune.dtree.tree import LEAF, DecisionTree, to_host, node_parents, preorder, is_classifier
 from jaxprune.errors import PruningError
 
 
@@ -38,12 +38,12 @@ def _weakest_link(
     one node per step, as scikit-learn does). With ``ccp_alpha`` it stops before the first g > ccp_alpha.
     Returns (active-node mask, alphas, total leaf costs); ``record`` collects the mask after each cut.
     """
-    t = _host(tree)
+    t = to_host(tree)
     left, right = t.left, t.right
     n = left.shape[0]
     w = t.weighted_n_samples.astype(np.float64)
     r_node = w * t.impurity.astype(np.float64) / w[0]
-    parent = _parents(left, right)
+    parent = node_parents(left, right)
     is_leaf = left == LEAF
     r_branch = np.zeros(n)
     n_leaves = np.zeros(n, np.int64)
@@ -54,7 +54,7 @@ def _weakest_link(
         anc = _ancestors(parent, leaf)
         r_branch[anc] += r_node[leaf]
         n_leaves[anc] += 1
-    pre = _preorder(left, right)
+    pre = preorder(left, right)
     pos = np.empty(n, np.int64)
     pos[pre] = np.arange(n)
     size = np.ones(n, np.int64)
@@ -154,14 +154,14 @@ def _val_arrays(tree: DecisionTree, X_val: Any, y_val: Any) -> tuple[np.ndarray,
 
 def _node_errors(tree: DecisionTree, X: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Validation error each node would make as a leaf: misclassified count, or summed squared error."""
-    t = _host(tree)
+    t = to_host(tree)
     if is_classifier(t):
         label = t.classes[np.argmax(t.value, axis=1)]
         loss_of = lambda node: (label[node] != y).astype(np.float64)  # noqa: E731
     else:
         yf = y.astype(np.float64)
         loss_of = lambda node: (yf - t.value[node, 0]) ** 2  # noqa: E731
-    thr = _threshold_f32(t.threshold)
+    thr = threshold_f32(t.threshold)
     err = np.zeros(t.left.shape[0])
     node = np.zeros(X.shape[0], np.int64)
     rows = np.arange(X.shape[0])
@@ -189,11 +189,11 @@ def reduced_error_prune(tree: DecisionTree, X_val: Any, y_val: Any, node_mask: A
     >>> reduced_error_prune(t, [[0.0], [3.0]], [0, 0]).tolist()
     [True, False, False]
     """
-    start = _as_mask(tree, node_mask)
+    start = as_mask(tree, node_mask)
     X, y = _val_arrays(tree, X_val, y_val)
     leaf_err = _node_errors(tree, X, y)
     left, right = np.asarray(tree.left), np.asarray(tree.right)
-    pre = _preorder(left, right, keep=start)
+    pre = preorder(left, right, keep=start)
     collapsed = np.zeros(left.shape[0], bool)
     err = leaf_err.copy()
     for i in pre[::-1]:  # post-order is enough: children are decided before their parent

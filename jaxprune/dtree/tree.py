@@ -151,13 +151,13 @@ def validate_tree(tree: DecisionTree) -> DecisionTree:
     twice = np.flatnonzero(counts > 1)
     if twice.size:
         raise PruningError(f"node {twice[0]} is reachable twice (it is a child of {counts[twice[0]]} nodes)")
-    reached = _depths(left, right) >= 0
+    reached = node_depths(left, right) >= 0
     if not reached.all():
         raise PruningError(f"node {np.flatnonzero(~reached)[0]} is not reachable from the root (cycle or orphan)")
     return tree
 
 
-def _depths(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+def node_depths(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Depth of every node (root 0), ``-1`` for nodes not reached from the root.
 
     Breadth-first over whole levels; assumes each node has at most one parent (checked before), so a
@@ -176,7 +176,7 @@ def _depths(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     return depth
 
 
-def _parents(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+def node_parents(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Parent of every node (``-1`` for the root) of a valid tree."""
     parent = np.full(left.shape[0], -1, np.int64)
     inner = np.flatnonzero(left != LEAF)
@@ -185,7 +185,7 @@ def _parents(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     return parent
 
 
-def _preorder(left: np.ndarray, right: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+def preorder(left: np.ndarray, right: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
     """Node indices in depth-first pre-order (node, left subtree, right subtree).
 
     With ``keep`` (an active-node mask) a node whose children are inactive is treated as a leaf.
@@ -203,6 +203,6 @@ def _preorder(left: np.ndarray, right: np.ndarray, keep: np.ndarray | None = Non
     return np.asarray(order, np.int64)
 
 
-def _host(tree: DecisionTree) -> DecisionTree:
+def to_host(tree: DecisionTree) -> DecisionTree:
     """The tree with every field as a numpy array (raises on traced values)."""
     return DecisionTree(*(np.asarray(a) for a in tree))

@@ -21,101 +21,106 @@ import jax
 import optax
 
 from jaxprune.allocate import uniform_sparsity
-from jaxprune.data import batches, num_batches
+from jaxprune.data import batches
 from jaxprune.errors import ConfigError
-from jaxprune.experiment import Run, _acc, _fit, register_method
-from jaxprune.masks import apply_masks
+from jaxprune.harness import (MethodOutput, Run, accuracy, apply_and_evaluate, finetune_masked, prune,
+                              register_method, run_structure, steps_per_epoch, train, train_dense)
+from jaxprune.masks import apply_masks, dense_masks
 from jaxprune.methods.dst import (check_room_to_regrow, dst_schedule, dst_update, random_sparse_masks,
                                   ste_forward)
 from jaxprune.methods.pai import grasp_scores, snip_scores, synflow_masks
+from jaxprune.methods.structured import STRUCTURED, structured_one_shot
 from jaxprune.models import init_params
 from jaxprune.paths import leaf_paths, selected_paths
-from jaxprune.recipes import mask_update, parse_structure, select_masks
+from jaxprune.recipes import mask_update, select_masks
 from jaxprune.select import topk_masks
 from jaxprune.scores import magnitude_scores
-from jaxprune.train import create_train_state, fit, get_masks, masked, polynomial, pruning
+from jaxprune.train import get_masks, masked, polynomial, pruning
+from jaxprune.train.loop import call_model
 from jaxprune.train.transform import get_snapshot, snapshot
-from jaxprune.train.loop import _call
 
 __all__ = ["imp_rounds"]
 
 
-def _steps_per_epoch(run: Run) -> int:
-    return num_batches(len(run.train[1]), run.config.batch_size)
+def _finish(run: Run, params, model_state, masks, dense_acc=None) -> MethodOutput:
+    """Apply the masks, evaluate, fine-tune with them fixed (epochs numbered after training)."""
+    params, pruned_acc = apply_and_evaluate(run, params, model_state, masks)
+    params, model_state = finetune_masked(run, params, model_state, masks, first_epoch=run.config.epochs)
+    return MethodOutput(params, model_state, masks, dense_acc, pruned_acc)
 
 
-def _finetune(run: Run, params, model_state, masks, first_epoch: int):
+@register_method("none")
+def dense_only(run: Run) -> MethodOutput:
+    """Train dense; no pruning (the baseline row of every table)."""
+    state = train_dense(run)
+    acc = accuracy(run, state.params, state.model_state)
+    return MethodOutput(state.params, state.model_state, dense_masks(state.params), acc, acc)
+
+
+def _one_shot(run: Run, allocation: str) -> MethodOutput:
     c = run.config
-    if not c.finetune_epochs:
-        return params, model_state
-    tx = masked(optax.adam(c.get("finetune_learning_rate") or c.learning_rate), masks)
-    st = create_train_state({"params": params, **model_state}, tx)
-    st, _ = _fit(run, st, tx, c.finetune_epochs, first_epoch, "finetune")
-    return st.params, st.model_state
+    if c.structure in STRUCTURED:
+        return structured_one_shot(run)
+    state = train_dense(run)
+    dense_acc = accuracy(run, state.params, state.model_state)
+    masks = prune(run, state.params, state.model_state, c.sparsity, allocation=allocation)
+    return _finish(run, state.params, state.model_state, masks, dense_acc)
 
 
-def _train_with(run: Run, tx, desc: str, loss_transform=None):
-    c = run.config
-    state = create_train_state(run.variables, tx)
-    state, _ = fit(run.model, state, tx, *run.train, epochs=c.epochs, batch_size=c.batch_size,
-                   seed=c.seed, desc=desc, progress=c.get("progress", True), loss_transform=loss_transform)
-    return state
+@register_method("one_shot")
+def one_shot(run: Run) -> MethodOutput:
+    """Train dense, prune once to the target with the configured scorer, fine-tune with fixed masks.
 
-
-def _finish(run: Run, params, model_state, masks, dense_acc=None) -> dict:
-    params = apply_masks(params, masks)
-    pruned_acc = _acc(run, params, model_state)
-    params, model_state = _finetune(run, params, model_state, masks, run.config.epochs)
-    return {"params": params, "model_state": model_state, "dense_test_accuracy": dense_acc,
-            "pruned_test_accuracy": pruned_acc, "masks": masks}
+    With ``structure=neurons|channels`` the run goes to
+    :func:`jaxprune.methods.structured.structured_one_shot` (unit criteria, optional shrink).
+    """
+    return _one_shot(run, run.config.allocation)
 
 
 @register_method("global_one_shot")
-def global_one_shot(run: Run) -> dict:
-    """One-shot pruning with one global threshold (whatever ``allocation`` says)."""
-    from jaxprune.experiment import METHODS
-    with run.config.unlocked():
-        run.config.allocation = "global"
-    return METHODS["one_shot"](run)
+def global_one_shot(run: Run) -> MethodOutput:
+    """One-shot pruning with one global threshold (whatever ``allocation`` says; recorded as such)."""
+    return _one_shot(run, "global").with_extra(allocation="global")
 
 
-def _gradual(run: Run, allocation: str) -> dict:
+def _gradual(run: Run, allocation: str) -> MethodOutput:
     c = run.config
-    total = c.epochs * _steps_per_epoch(run)
+    total = c.epochs * steps_per_epoch(run)
     begin = int(c.prune_begin * total)
     end = max(begin + 1, int(c.prune_end * total))
     tx = pruning(optax.adam(c.learning_rate),
                  update_masks=mask_update(c.scorer, allocation=allocation,
-                                          structure=parse_structure(c.structure)),
+                                          structure=run_structure(
+                                              run, run.variables["params"],
+                                              {k: v for k, v in run.variables.items() if k != "params"})),
                  schedule=polynomial(0.0, c.sparsity, begin, end, every=c.update_every),
                  seed=c.seed)
-    state = _train_with(run, tx, "gradual")
+    state = train(run, tx, "gradual")
     return _finish(run, state.params, state.model_state, get_masks(state.opt_state))
 
 
 @register_method("gradual_magnitude")
-def gradual_magnitude(run: Run) -> dict:
+def gradual_magnitude(run: Run) -> MethodOutput:
     """Zhu & Gupta 2017: s_t rises cubically from 0 to the target between prune_begin and prune_end."""
     return _gradual(run, run.config.allocation if run.config.allocation != "global" else "uniform")
 
 
 @register_method("global_gradual_magnitude")
-def global_gradual_magnitude(run: Run) -> dict:
+def global_gradual_magnitude(run: Run) -> MethodOutput:
     """Gradual magnitude pruning with one global threshold at each mask update."""
     return _gradual(run, "global")
 
 
 @register_method("ste")
-def ste(run: Run) -> dict:
+def ste(run: Run) -> MethodOutput:
     """Straight-through estimator: dense weights trained through a magnitude-sparse forward."""
     c = run.config
-    tx = optax.adam(c.learning_rate)
-    state = _train_with(run, tx, "ste", loss_transform=ste_forward(c.sparsity))
+    state = train(run, optax.adam(c.learning_rate), "ste", loss_transform=ste_forward(c.sparsity))
     masks = topk_masks(magnitude_scores(state.params), uniform_sparsity(state.params, c.sparsity))
     return _finish(run, state.params, state.model_state, masks)
 
 
-def _sparse_from_init(run: Run, update=None, schedule=None) -> dict:
+def _sparse_from_init(run: Run, update=None, schedule=None) -> MethodOutput:
     c = run.config
     masks = random_sparse_masks(run.variables["params"], c.sparsity, jax.random.fold_in(run.key, 3),
                                 allocation="erk" if c.allocation in ("erk", "global") else "uniform")
@@ -129,32 +134,32 @@ def _sparse_from_init(run: Run, update=None, schedule=None) -> dict:
         update = update(sparse)
     tx = pruning(optax.adam(c.learning_rate), update_masks=update, schedule=schedule,
                  initial_masks=masks, seed=c.seed)
-    state = _train_with(run, tx, c.method)
+    state = train(run, tx, c.method)
     return _finish(run, state.params, state.model_state, get_masks(state.opt_state))
 
 
 @register_method("static_sparse")
-def static_sparse(run: Run) -> dict:
+def static_sparse(run: Run) -> MethodOutput:
     """A random mask at init (ERK per-layer sparsity unless allocation=uniform), never changed."""
     return _sparse_from_init(run)
 
 
-def _dst(run: Run, regrow: str) -> dict:
+def _dst(run: Run, regrow: str) -> MethodOutput:
     c = run.config
-    end = max(1, int(c.prune_end * c.epochs * _steps_per_epoch(run)))
+    end = max(1, int(c.prune_end * c.epochs * steps_per_epoch(run)))
     return _sparse_from_init(run, lambda include: dst_update(regrow, c.drop_fraction, end,
                                                              include=include),
                              dst_schedule(c.sparsity, every=c.update_every, end=end))
 
 
 @register_method("set")
-def set_method(run: Run) -> dict:
+def set_method(run: Run) -> MethodOutput:
     """SET (Mocanu et al. 2018): drop the smallest weights, regrow as many at random."""
     return _dst(run, "random")
 
 
 @register_method("rigl")
-def rigl(run: Run) -> dict:
+def rigl(run: Run) -> MethodOutput:
     """RigL (Evci et al. 2020): drop the smallest weights, regrow where |gradient| is largest."""
     return _dst(run, "gradient")
 
@@ -175,20 +180,18 @@ def imp_rounds(target: float, rate: float) -> int:
 def _rewind_step(run: Run) -> int:
     """The step survivors rewind to: ``rewind_step``, or ``rewind_epoch`` x steps per epoch."""
     c = run.config
+    # Signs and "not both" were checked with the other fields (harness.schema); the step count
+    # needs the data's size, so this check is here.
     step, epoch = int(c.get("rewind_step", 0)), int(c.get("rewind_epoch", 0))
-    if step < 0 or epoch < 0:
-        raise ConfigError(f"config fields 'rewind_step' ({step}) and 'rewind_epoch' ({epoch}) must be >= 0")
-    if step and epoch:
-        raise ConfigError("set either config field 'rewind_step' or 'rewind_epoch', not both")
-    step = step or epoch * _steps_per_epoch(run)
-    total = c.epochs * _steps_per_epoch(run)
+    step = step or epoch * steps_per_epoch(run)
+    total = c.epochs * steps_per_epoch(run)
     if step >= total:
         raise ConfigError(f"config field 'rewind_step'/'rewind_epoch' points to step {step}, not "
                           f"before the end of the first IMP round ({total} steps)")
     return step
 
 
-def _imp(run: Run, rewind: bool) -> dict:
+def _imp(run: Run, rewind: bool) -> MethodOutput:
     c = run.config
     params0 = run.variables["params"]
     paths = leaf_paths(params0)
@@ -201,22 +204,19 @@ def _imp(run: Run, rewind: bool) -> dict:
     rewind_params = params0
     masks = jax.tree.map(lambda x: x == x, params0)
     dense_acc = None
-    state = create_train_state(run.variables, tx)
+    state_model = {k: v for k, v in run.variables.items() if k != "params"}
     rewind_step = _rewind_step(run)
     for r in range(rounds + 1):
         round_tx = masked(tx, masks)
         if r == 0 and rewind_step > 0:  # late rewinding (Frankle et al. 2020): copy taken in-step
             round_tx = snapshot(round_tx, rewind_step)
-        st = create_train_state({"params": apply_masks(rewind_params, masks), **state.model_state},
-                                round_tx)
-        st, _ = fit(run.model, st, round_tx, *run.train, epochs=c.epochs,
-                    batch_size=c.batch_size, seed=c.seed + r, desc=f"imp round {r}",
-                    progress=c.get("progress", True))
+        st = train(run, round_tx, f"imp round {r}", seed=c.seed + r,
+                   variables={"params": apply_masks(rewind_params, masks), **state_model})
         if r == 0 and rewind_step > 0:
             rewind_params = get_snapshot(st.opt_state)
-        state = st
+        state, state_model = st, st.model_state
         if r == 0:
-            dense_acc = _acc(run, st.params, st.model_state)
+            dense_acc = accuracy(run, st.params, st.model_state)
         if r == rounds:
             break
         # Round r+1 targets: output layer at its own rate, the rest sized so the total is exact.
@@ -229,30 +229,30 @@ def _imp(run: Run, rewind: bool) -> dict:
             fresh = init_params(run.model, jax.random.fold_in(run.key, 100 + r),
                                 (1, *run.train[0].shape[1:]))
             rewind_params = fresh["params"]
-    acc = _acc(run, state.params, state.model_state)
-    return {"params": state.params, "model_state": state.model_state, "dense_test_accuracy": dense_acc,
-            "pruned_test_accuracy": acc, "imp_rounds": rounds, "masks": masks}
+    acc = accuracy(run, state.params, state.model_state)
+    return MethodOutput(state.params, state.model_state, masks, dense_acc, acc,
+                        extra={"imp_rounds": rounds})
 
 
 @register_method("imp")
-def imp(run: Run) -> dict:
+def imp(run: Run) -> MethodOutput:
     """Lottery-ticket IMP: train, prune imp_rate of the remaining weights, rewind survivors, repeat."""
     return _imp(run, rewind=True)
 
 
 @register_method("imp_random_reinit")
-def imp_random_reinit(run: Run) -> dict:
+def imp_random_reinit(run: Run) -> MethodOutput:
     """IMP's control: the same pruning rounds, but survivors are re-initialised at random."""
     return _imp(run, rewind=False)
 
 
-def _pai(run: Run, which: str) -> dict:
+def _pai(run: Run, which: str) -> MethodOutput:
     c = run.config
     params = run.variables["params"]
     model_state = {k: v for k, v in run.variables.items() if k != "params"}
 
     def logits(p, x):
-        return _call(run.model, p, model_state, x, train=False)[0]
+        return call_model(run.model, p, model_state, x, train=False)[0]
 
     if which == "synflow":
         masks = synflow_masks(logits, params, (1, *run.train[0].shape[1:]), c.sparsity,
@@ -272,27 +272,25 @@ def _pai(run: Run, which: str) -> dict:
 
         scores = (snip_scores if which == "snip" else grasp_scores)(loss, params)
         masks = select_masks(params, scores, c.sparsity, allocation=c.allocation,
-                             structure=parse_structure(c.structure))
-    tx = masked(optax.adam(c.learning_rate), masks)
-    state = create_train_state({"params": apply_masks(params, masks), **model_state}, tx)
-    state, _ = fit(run.model, state, tx, *run.train, epochs=c.epochs, batch_size=c.batch_size,
-                   seed=c.seed, desc=which, progress=c.get("progress", True))
+                             structure=run_structure(run, params, model_state))
+    state = train(run, masked(optax.adam(c.learning_rate), masks), which,
+                  variables={"params": apply_masks(params, masks), **model_state})
     return _finish(run, state.params, state.model_state, masks)
 
 
 @register_method("snip")
-def snip(run: Run) -> dict:
+def snip(run: Run) -> MethodOutput:
     """SNIP (Lee et al. 2019): prune at init by |w·g| on one batch, then train the sparse net."""
     return _pai(run, "snip")
 
 
 @register_method("grasp")
-def grasp(run: Run) -> dict:
+def grasp(run: Run) -> MethodOutput:
     """GraSP (Wang et al. 2020): prune at init keeping high θ⊙Hg (gradient flow), then train."""
     return _pai(run, "grasp")
 
 
 @register_method("synflow")
-def synflow(run: Run) -> dict:
+def synflow(run: Run) -> MethodOutput:
     """SynFlow (Tanaka et al. 2020): data-free iterative synaptic-flow pruning at init, then train."""
     return _pai(run, "synflow")

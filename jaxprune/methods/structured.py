@@ -19,21 +19,18 @@ of the final model) and the cost fields every run gets (``flops_*``, ``latency_*
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
-import jax
-import numpy as np
 import optax
 
 from jaxprune import data as jdata
 from jaxprune.errors import ConfigError
-from jaxprune.experiment import Run, _acc, _fit, _score_grads
+from jaxprune.harness import (MethodOutput, Run, accuracy, finetune_learning_rate, finetune_masked, rewrap,
+                              score_gradients, train, train_dense, unwrap)
 from jaxprune.masks import apply_masks, summary
+from jaxprune.models.common import takes_train
 from jaxprune.neurons import CRITERIA, collect_activation_stats, get_criterion
 from jaxprune.shrink import plan_for, removal_masks, shrink, unit_masks_from_scores
-from jaxprune.methods.quantized import rewrap, unwrap
-from jaxprune.train import create_train_state, masked
 
 __all__ = ["structured_one_shot", "unit_scores", "STRUCTURED"]
 
@@ -41,15 +38,12 @@ STRUCTURED = ("neurons", "channels")
 
 
 def _model_kwargs(model: Any) -> dict:
-    takes_train = "train" in inspect.signature(type(model).__call__).parameters
-    return {"train": False} if takes_train else {}
+    return {"train": False} if takes_train(model) else {}
 
 
 def _calibration(run: Run) -> list:
     c = run.config
     n = int(c.calibration_batches)
-    if n < 1:
-        raise ConfigError(f"config field 'calibration_batches' must be >= 1, got {n}")
     it = jdata.batches(*run.train, c.batch_size, seed=c.seed + 10_007, epoch=0)
     return [b.images for _, b in zip(range(n), it)]
 
@@ -77,7 +71,7 @@ def unit_scores(run: Run, params: Any, model_state: Any, criterion: str,
         given["params"] = params
         given["layers"] = layers
     if "grads" in inputs:
-        given["grads"] = _score_grads(run, params, model_state, batches=int(run.config.calibration_batches))
+        given["grads"] = score_gradients(run, params, model_state, batches=int(run.config.calibration_batches))
     scores = get_criterion(name)(**given)
     missing = sorted(set(layers) - set(scores))
     if missing:
@@ -85,37 +79,28 @@ def unit_scores(run: Run, params: Any, model_state: Any, criterion: str,
     return {k: scores[k] for k in layers}, stats
 
 
-def structured_one_shot(run: Run) -> dict:
+def structured_one_shot(run: Run) -> MethodOutput:
     """Train dense, remove the lowest-scoring units of each hidden layer, (shrink,) fine-tune."""
-    c = run.config
-    if c.mean_replacement and not c.shrink:
-        raise ConfigError("config field 'mean_replacement' needs shrink=true (the removed units' mean "
-                          "is folded into the next layer of the shrunk model)")
+    c = run.config  # its fields were validated before data loaded (harness.validate_config)
     base = unwrap(run.model)
     plan = plan_for(base)  # raises a clear error for unsupported architectures
     layers = tuple(e.layer for e in plan.edges)
-    tx = optax.adam(c.learning_rate)
-    state, _ = _fit(run, create_train_state(run.variables, tx), tx, c.epochs, 0, "dense")
+    state = train_dense(run)
     params, model_state = state.params, state.model_state
-    dense_acc = _acc(run, params, model_state)
+    dense_acc = accuracy(run, params, model_state)
     scores, stats = unit_scores(run, params, model_state, c.criterion, layers)
     keep = unit_masks_from_scores(scores, float(c.sparsity))
     # Structural masks over the original model: what the shrunk model removes, element by element.
     masks = removal_masks(base, params, keep)
-    out: dict[str, Any] = {"criterion": "l2" if c.criterion == "none" else c.criterion,
-                           "units_kept": {k: int(v.sum()) for k, v in keep.items()},
-                           "units_total": {k: int(v.size) for k, v in keep.items()},
-                           "dense_test_accuracy": dense_acc, "shrunk": bool(c.shrink),
-                           "mean_replacement": bool(c.mean_replacement)}
+    extra: dict[str, Any] = {"criterion": "l2" if c.criterion == "none" else c.criterion,
+                             "units_kept": {k: int(v.sum()) for k, v in keep.items()},
+                             "units_total": {k: int(v.size) for k, v in keep.items()},
+                             "shrunk": bool(c.shrink), "mean_replacement": bool(c.mean_replacement)}
     if not c.shrink:
         pruned = apply_masks(params, masks)
-        out["pruned_test_accuracy"] = _acc(run, pruned, model_state)
-        if c.finetune_epochs:
-            ft = masked(optax.adam(c.get("finetune_learning_rate") or c.learning_rate), masks)
-            st = create_train_state({"params": pruned, **model_state}, ft)
-            st, _ = _fit(run, st, ft, c.finetune_epochs, c.epochs, "finetune")
-            pruned, model_state = st.params, st.model_state
-        return {**out, "params": pruned, "model_state": model_state, "masks": masks}
+        pruned_acc = accuracy(run, pruned, model_state)
+        pruned, model_state = finetune_masked(run, pruned, model_state, masks, first_epoch=c.epochs)
+        return MethodOutput(pruned, model_state, masks, dense_acc, pruned_acc, extra=extra)
 
     means = {k: stats[k] for k in layers} if c.mean_replacement else None
     small_model, small = shrink(base, {"params": params, **model_state}, keep,
@@ -124,17 +109,16 @@ def structured_one_shot(run: Run) -> dict:
     small_params = small["params"]
     small_state = {k: v for k, v in small.items() if k != "params"}
     small_run = run._replace(model=small_model)
-    out["pruned_test_accuracy"] = _acc(small_run, small_params, small_state)
+    pruned_acc = accuracy(small_run, small_params, small_state)
     if c.finetune_epochs:
-        ft = optax.adam(c.get("finetune_learning_rate") or c.learning_rate)
-        st = create_train_state(small, ft)
-        st, _ = _fit(small_run, st, ft, c.finetune_epochs, c.epochs, "finetune")
+        st = train(small_run, optax.adam(finetune_learning_rate(c)), "finetune", variables=small,
+                   epochs=c.finetune_epochs, first_epoch=c.epochs)
         small_params, small_state = st.params, st.model_state
-    test_acc = _acc(small_run, small_params, small_state)
+    test_acc = accuracy(small_run, small_params, small_state)
     ss = summary(small_params)
     # Totals are those of the original model with the removed units counted as zeros, so that a
     # shrunk run and a masked run of the same config report the same sparsity; `params_final` is the
     # real size of the model that is left.
-    return {**out, "params": apply_masks(params, masks), "model_state": model_state, "masks": masks,
-            "final_model": small_model, "final_variables": small, "test_accuracy": test_acc,
-            "nonzero_params": ss.total["nonzero"], "params_final": ss.total["size"]}
+    return MethodOutput(apply_masks(params, masks), model_state, masks, dense_acc, pruned_acc,
+                        test_acc, small_model, small,
+                        {**extra, "nonzero_params": ss.total["nonzero"], "params_final": ss.total["size"]})

@@ -97,11 +97,17 @@ def init_params(model: nn.Module, key: jax.Array, input_shape: Sequence[int], **
     shape = tuple(int(d) for d in input_shape)
     if len(shape) < 2:
         raise PruningError(f"init_params: input_shape must include the batch axis, got {shape}")
-    if _takes_train(model) and "train" not in kwargs:
+    if takes_train(model) and "train" not in kwargs:
         kwargs["train"] = False
     variables = jax.jit(lambda k, x: model.init(k, x, **kwargs))(key, jnp.zeros(shape, jnp.float32))
     return {col: tree for col, tree in variables.items() if col != ACTIVATIONS}
 
 
-def _takes_train(model: nn.Module) -> bool:
+def takes_train(model: Any) -> bool:
+    """Whether ``model.__call__`` has a ``train`` argument (BatchNorm / dropout models).
+
+    >>> from jaxprune.models import MLP, ResNet20
+    >>> takes_train(MLP((4, 2))), takes_train(ResNet20())
+    (False, True)
+    """
     return "train" in inspect.signature(type(model).__call__).parameters

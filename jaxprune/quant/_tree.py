@@ -18,26 +18,23 @@ from jaxprune.paths import path_str
 Include = Callable[[str, Any], bool]
 
 
-_path_str = path_str  # the core's path naming, shared by every module
-
-
-def _is_float(leaf: Any) -> bool:
+def is_float(leaf: Any) -> bool:
     return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)
 
 
-def _default_include(path: str, leaf: Any) -> bool:
+def default_include(path: str, leaf: Any) -> bool:
     """Default leaf selection: floating arrays with ``ndim >= 2`` (kernels, not biases or norm scales)."""
     del path
-    return _is_float(leaf) and np.ndim(leaf) >= 2
+    return is_float(leaf) and np.ndim(leaf) >= 2
 
 
-def _is_tracer(leaf: Any) -> bool:
+def is_tracer(leaf: Any) -> bool:
     return isinstance(leaf, jax.core.Tracer)
 
 
-def _check_finite(path: str, leaf: Any) -> None:
+def check_finite(path: str, leaf: Any) -> None:
     """Raise on NaN/inf in a concrete leaf; traced leaves (inside jit) cannot be checked and pass."""
-    if _is_tracer(leaf):
+    if is_tracer(leaf):
         return
     arr = np.asarray(leaf)
     if not np.isfinite(arr).all():
@@ -45,11 +42,11 @@ def _check_finite(path: str, leaf: Any) -> None:
         raise PruningError(f"{path}: {bad} non-finite value(s) (NaN/inf); cannot quantize this leaf")
 
 
-def _map_with_paths(fn: Callable[[str, Any], Any], tree: Any, is_leaf=None) -> Any:
+def map_with_paths(fn: Callable[[str, Any], Any], tree: Any, is_leaf=None) -> Any:
     """``tree_map_with_path`` with the path already formatted as a string."""
-    return jax.tree_util.tree_map_with_path(lambda p, x: fn(_path_str(p), x), tree, is_leaf=is_leaf)
+    return jax.tree_util.tree_map_with_path(lambda p, x: fn(path_str(p), x), tree, is_leaf=is_leaf)
 
 
-def _leaves_with_paths(tree: Any, is_leaf=None) -> list[tuple[str, Any]]:
+def leaves_with_paths(tree: Any, is_leaf=None) -> list[tuple[str, Any]]:
     flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
-    return [(_path_str(p), x) for p, x in flat]
+    return [(path_str(p), x) for p, x in flat]

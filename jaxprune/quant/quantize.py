@@ -23,13 +23,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxprune.errors import PruningError
+from jaxprune.paths import path_str
 from jaxprune.quant._tree import (
     Include,
-    _check_finite,
-    _default_include,
-    _is_float,
-    _map_with_paths,
-    _path_str,
+    check_finite,
+    default_include,
+    is_float,
+    map_with_paths,
 )
 
 GRANULARITIES = ("per_channel", "per_tensor")
@@ -70,11 +70,11 @@ class QuantizedArray:
 QuantizedTree = Any
 
 
-def _is_qarray(x: Any) -> bool:
+def is_qarray(x: Any) -> bool:
     return isinstance(x, QuantizedArray)
 
 
-def _check_bits(bits: Any) -> int:
+def check_bits(bits: Any) -> int:
     # bool is an int subclass; True would silently mean 1 bit.
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
         raise PruningError(f"bits: expected an int in 2..8 (int8 storage), got {bits!r}")
@@ -112,7 +112,7 @@ def _quantize_array(w: jax.Array, bits: int, axis: int | None) -> tuple[jax.Arra
 
 
 def _resolve(bits: int, granularity: str, axis: int | None) -> int | None:
-    _check_bits(bits)
+    check_bits(bits)
     _check_granularity(granularity)
     return None if granularity == "per_tensor" else axis
 
@@ -139,19 +139,19 @@ def quantize(params: Any, bits: int = 8, *, granularity: str = "per_channel", ax
     ([[0, 3], [7, -7]], (1, 2), dtype('float32'))
     """
     channel_axis = _resolve(bits, granularity, axis)
-    include = _default_include if include is None else include
+    include = default_include if include is None else include
 
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_qarray)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_qarray)
     # Validate every selected leaf first so a bad leaf fails before any leaf is computed.
     plan: list[tuple[bool, int | None]] = []
     for key_path, leaf in flat:
-        path = _path_str(key_path)
-        if _is_qarray(leaf) or not include(path, leaf):
+        path = path_str(key_path)
+        if is_qarray(leaf) or not include(path, leaf):
             plan.append((False, None))
             continue
-        if not _is_float(leaf):
+        if not is_float(leaf):
             raise PruningError(f"{path}: only floating leaves can be quantized, got {leaf.dtype}")
-        _check_finite(path, leaf)
+        check_finite(path, leaf)
         plan.append((True, _channel_axis(path, leaf.ndim, channel_axis)))
 
     out = []
@@ -177,11 +177,11 @@ def dequantize(qtree: QuantizedTree) -> Any:
     [0.0, 2.016, 1.0, -4.0]
     """
     def convert(leaf: Any) -> Any:
-        if not _is_qarray(leaf):
+        if not is_qarray(leaf):
             return leaf
         return _dequantize_array(leaf.values, leaf.scale)
 
-    return jax.tree_util.tree_map(convert, qtree, is_leaf=_is_qarray)
+    return jax.tree_util.tree_map(convert, qtree, is_leaf=is_qarray)
 
 
 def _fake_quant_value(w: jax.Array, bits: int, axis: int | None) -> jax.Array:
@@ -213,7 +213,7 @@ def fake_quant(w: jax.Array, bits: int = 8, axis: int | None = -1) -> jax.Array:
     >>> jax.grad(lambda w: (fake_quant(w, 2) * jnp.arange(4.0).reshape(2, 2)).sum())(w).tolist()
     [[0.0, 1.0], [2.0, 3.0]]
     """
-    _check_bits(bits)
+    check_bits(bits)
     w = jnp.asarray(w)
     if not jnp.issubdtype(w.dtype, jnp.floating):
         raise PruningError(f"fake_quant: expected a floating array, got {w.dtype}")
@@ -233,15 +233,15 @@ def fake_quant_tree(params: Any, bits: int = 8, *, granularity: str = "per_chann
     ([[0.0, 0.0], [1.0, -1.0]], [1.0, 1.0])
     """
     channel_axis = _resolve(bits, granularity, axis)
-    include = _default_include if include is None else include
+    include = default_include if include is None else include
 
     def convert(path: str, leaf: Any) -> Any:
         if not include(path, leaf):
             return leaf
-        if not _is_float(leaf):
+        if not is_float(leaf):
             raise PruningError(f"{path}: only floating leaves can be fake-quantized, got {leaf.dtype}")
-        _check_finite(path, leaf)
+        check_finite(path, leaf)
         leaf_axis = _channel_axis(path, leaf.ndim, channel_axis)
         return _fake_quant_ste(leaf, bits, leaf_axis)
 
-    return _map_with_paths(convert, params)
+    return map_with_paths(convert, params)

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxprune.quant._tree import Include, _default_include, _leaves_with_paths
-from jaxprune.quant.quantize import QuantizedArray, _check_bits, _is_qarray, quantize
+from jaxprune.quant._tree import Include, default_include, leaves_with_paths
+from jaxprune.quant.quantize import QuantizedArray, check_bits, is_qarray, quantize
 
 FORMATS = ("dense_f32", "dense_int8", "bitmask", "coo", "csr", "gzip")
 
@@ -73,13 +73,13 @@ def size_report(params: Any, *, quantized_bits: int | None = None,
     [60, 36, 26, 48, 56]
     """
     if quantized_bits is not None:
-        _check_bits(quantized_bits)
+        check_bits(quantized_bits)
         params = quantize(params, quantized_bits, include=include)
-    include = _default_include if include is None else include
+    include = default_include if include is None else include
 
     totals = dict.fromkeys(FORMATS, 0)
     raw: list[bytes] = []
-    for path, leaf in _leaves_with_paths(params, is_leaf=_is_qarray):
+    for path, leaf in leaves_with_paths(params, is_leaf=is_qarray):
         if isinstance(leaf, QuantizedArray):
             values, scale = np.asarray(leaf.values), np.asarray(leaf.scale)
             sizes = _selected_sizes(values, leaf.bits, scale.nbytes, leaf.bits, scale.nbytes)

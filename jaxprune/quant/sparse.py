@@ -23,14 +23,14 @@ import numpy as np
 from jax.experimental import sparse
 
 from jaxprune.errors import PruningError
-from jaxprune.quant._tree import Include, _is_float, _is_tracer, _map_with_paths
+from jaxprune.quant._tree import Include, is_float, is_tracer, map_with_paths
 
 _DENSE_NAME = re.compile(r"^Dense_(\d+)$")
 
 
 def _dense_kernel_include(path: str, leaf: Any) -> bool:
     del path
-    return _is_float(leaf) and leaf.ndim == 2
+    return is_float(leaf) and leaf.ndim == 2
 
 
 def _convert(params: Any, include: Include | None, fn, what: str) -> Any:
@@ -39,7 +39,7 @@ def _convert(params: Any, include: Include | None, fn, what: str) -> Any:
     def convert(path: str, leaf: Any) -> Any:
         if not include(path, leaf):
             return leaf
-        if _is_tracer(leaf):
+        if is_tracer(leaf):
             # The number of stored nonzeros is a shape, so it must be known outside jit.
             raise PruningError(f"{path}: {what} needs concrete arrays; call it outside jit")
         if getattr(leaf, "ndim", None) != 2:
@@ -47,7 +47,7 @@ def _convert(params: Any, include: Include | None, fn, what: str) -> Any:
                                f"{getattr(leaf, 'shape', None)}")
         return fn(np.asarray(leaf))
 
-    return _map_with_paths(convert, params)
+    return map_with_paths(convert, params)
 
 
 # Built on the host with numpy: ``BCOO.fromdense`` gives the same arrays (row-major nonzeros, int32

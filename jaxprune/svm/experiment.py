@@ -21,6 +21,7 @@ from jaxprune.counts import check_sparsity_value
 from jaxprune.config import field_or_default
 from jaxprune.errors import ConfigError
 from jaxprune.masks import summary
+from jaxprune.results_schema import SCHEMA_VERSION
 from jaxprune.svm.model import LOSSES, accuracy, fit_scaler, fit_svm, standardize
 from jaxprune.svm.pruning import CRITERIA, STRUCTURES, features_used, finetune_svm, prune_svm
 
@@ -113,9 +114,13 @@ def run_svm(config: Any) -> dict:
                              lr=c["learning_rate"])
     s = summary(final, include="w")  # the weights are pruned, never the biases
     return {
+        "kind": "svm",
+        "schema_version": SCHEMA_VERSION,
         "dataset": c["dataset"],
         "model": "linear_svm",
-        "method": c["criterion"],
+        # As for nn runs: `method` is what was done, `scorer` what ranked the weights.
+        "method": "one_shot",
+        "scorer": c["criterion"],
         "structure": c["structure"],
         "loss": c["loss"],
         "C": float(c["C"]),

@@ -224,7 +224,7 @@ def _train(params: LinearSVM, mask: LinearSVM, X: jax.Array, Y: jax.Array, C: ja
     return jax.lax.fori_loop(0, steps, step, (params, adam.init(params)))[0]
 
 
-def _check_hyper(C: Any, loss: str, steps: Any, lr: Any) -> None:
+def check_hyper(C: Any, loss: str, steps: Any, lr: Any) -> None:
     if loss not in LOSSES:
         raise PruningError(f"loss must be one of {LOSSES}, got {loss!r}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
@@ -258,7 +258,7 @@ def fit_svm(
     >>> accuracy(params, X, y)
     1.0
     """
-    _check_hyper(C, loss, steps, lr)
+    check_hyper(C, loss, steps, lr)
     Xn = _as_matrix(X, "X")
     y, k = _check_labels(y, Xn.shape[0], n_classes)
     out = 1 if k == 2 else k

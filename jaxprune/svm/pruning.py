@@ -30,7 +30,7 @@ from jaxprune.structures import Neurons, Unstructured
 from jaxprune.svm.model import (  # noqa: F401  (accuracy: used by the doctest)
     LOSSES,
     LinearSVM,
-    _check_hyper,
+    check_hyper,
     accuracy,
     data_loss,
     fit_svm,
@@ -142,7 +142,7 @@ def prune_svm(
         raise PruningError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     if structure not in STRUCTURES:
         raise PruningError(f"structure must be one of {STRUCTURES}, got {structure!r}")
-    _check_hyper(C, loss, finetune_steps, lr)
+    check_hyper(C, loss, finetune_steps, lr)
     if not isinstance(params, LinearSVM):
         raise PruningError(f"params must be a LinearSVM, got {type(params).__name__}")
     scores = svm_scores(params, X, y, criterion=criterion, loss=loss)

@@ -63,6 +63,11 @@ def _number(v: Any) -> float | None:
     return float(v)
 
 
+def _finite_accuracy(result: dict) -> bool:
+    v = _number(result.get("test_accuracy"))
+    return v is not None and math.isfinite(v)
+
+
 def _metrics(result: dict) -> dict[str, float]:
     out = {}
     for name in METRICS:
@@ -134,9 +139,16 @@ def summarize(records: Iterable[dict]) -> list[dict]:
         for k in extra:
             row[k] = cfg.get(k)
         row["target_sparsity"] = _number(res.get("target_sparsity", cfg.get("sparsity")))
-        row["n"] = len(members)
+        # A record without a finite test accuracy (missing, a string, NaN) is flagged and left out of
+        # every mean, so that n is what the means are over and such a run is never "best".
+        valid = [i for i in members if _finite_accuracy(records[i]["result"])]
+        row["n"] = len(valid)
+        if len(valid) < len(members):
+            row["flagged"] = len(members) - len(valid)
+        if not valid:
+            row["test_accuracy_mean"] = row["test_accuracy_std"] = math.nan
         values: dict[str, list[float]] = {}
-        for i in members:
+        for i in valid:
             for name, v in _metrics(records[i]["result"]).items():
                 values.setdefault(name, []).append(v)
         for name in sorted(values, key=_metric_order):
@@ -223,6 +235,11 @@ def markdown_table(rows: Sequence[dict]) -> str:
             digits = 3 if m == "sparsity" else (1 if m == "wall_s" else 2)
             cells.append(_fmt(r.get(f"{m}_mean"), r.get(f"{m}_std"), scale, digits))
         lines.append("| " + " | ".join(cells) + " |")
+    flagged = sum(int(r.get("flagged", 0)) for r in rows)
+    if flagged:
+        lines.append("")
+        lines.append(f"{flagged} run(s) flagged: no finite test_accuracy (missing, not a number or NaN); "
+                     "left out of n, the means and --best.")
     return "\n".join(lines)
 
 
@@ -313,7 +330,10 @@ def best_strategy(rows: Sequence[dict], max_drop: float = 1.0) -> list[Best]:
         if not isinstance(r, dict) or "test_accuracy_mean" not in r or "model" not in r:
             raise DataError(f"best_strategy: rows[{i}] has no 'model' / 'test_accuracy_mean' "
                             f"(rows come from summarize())")
-    fields = _label_fields(rows)
+    # Rows whose runs were all flagged (no finite accuracy) cannot be chosen or be the reference.
+    rows = [r for r in rows if _number(r["test_accuracy_mean"]) is not None
+            and math.isfinite(r["test_accuracy_mean"])]
+    fields = _label_fields(rows) if rows else []
     out = []
     for model in sorted({r["model"] for r in rows}, key=str):
         mine = [r for r in rows if r["model"] == model]

@@ -16,7 +16,6 @@ torn last line after a crash of the machine, which the next start cuts off). On 
 from __future__ import annotations
 
 import glob
-import importlib
 import json
 import os
 import sys
@@ -24,15 +23,14 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import ml_collections
 
-from jaxprune.errors import ConfigError
+from jaxprune.errors import ConfigError, DataError
 from jaxprune.sweep.spec import config_dict, run_key
 
 __all__ = ["parse_shard", "shard_indices", "results_path", "read_records", "finished_keys",
-           "repair_tail", "append_record", "resolve_auto_dataset", "enable_compilation_cache",
+           "repair_tail", "append_record", "hold_lock", "resolve_auto_dataset", "enable_compilation_cache",
            "run_sweep", "SweepOutcome"]
 
 
-_VMAPPED = "jaxprune.sweep.vmapped"  # imported lazily: optional, and it imports jax
 
 
 class SweepOutcome(NamedTuple):
@@ -120,8 +118,28 @@ def finished_keys(workdir: str | os.PathLike) -> set[str]:
     return {r["key"] for r in read_records(workdir)}
 
 
+def _last_line_start(f: Any, size: int) -> int:
+    pos = size
+    while pos > 0:
+        start = max(0, pos - 65536)
+        f.seek(start)
+        nl = f.read(pos - start).rfind(b"\n")
+        if nl >= 0:
+            return start + nl + 1
+        pos = start
+    return 0
+
+
+def _complete_record(line: bytes) -> bool:
+    try:
+        return _valid(json.loads(line))
+    except ValueError:
+        return False
+
+
 def repair_tail(path: str | os.PathLike) -> int:
-    """Cuts a torn last line (no final newline) off ``path``; returns the bytes removed.
+    """Cuts a torn last line (no final newline) off ``path``; returns the bytes removed. A last line
+    that is a complete record and lacks only its newline is kept (the newline is added).
 
     Appending after a torn line would glue the next record onto it and lose both.
 
@@ -142,17 +160,15 @@ def repair_tail(path: str | os.PathLike) -> int:
         f.seek(size - 1)
         if f.read(1) == b"\n":
             return 0
-        # Scan back for the last newline in blocks (result lines are a few KB).
-        pos, keep = size, 0
-        while pos > 0:
-            start = max(0, pos - 65536)
-            f.seek(start)
-            block = f.read(pos - start)
-            nl = block.rfind(b"\n")
-            if nl >= 0:
-                keep = start + nl + 1
-                break
-            pos = start
+        start = _last_line_start(f, size)
+        f.seek(start)
+        if _complete_record(f.read(size - start)):
+            # A whole record that only lacks its newline (e.g. a copy that dropped it): keep it.
+            f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+            return 0
+        keep = start
         f.truncate(keep)
         f.flush()
         os.fsync(f.fileno())
@@ -166,6 +182,14 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
+def _open_append(path: str | os.PathLike) -> int:
+    try:
+        return os.open(os.fspath(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise DataError(f"cannot append to the sweep results file {os.fspath(path)!r}: "
+                        f"{err.strerror or err}") from err
+
+
 def append_record(path: str | os.PathLike, record: dict) -> None:
     """Appends ``record`` as one JSON line: a single ``os.write`` on an ``O_APPEND`` fd, then fsync.
 
@@ -176,7 +200,7 @@ def append_record(path: str | os.PathLike, record: dict) -> None:
     {'k'}
     """
     line = (json.dumps(record, sort_keys=True, allow_nan=True, default=_plain) + "\n").encode()
-    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = _open_append(path)
     try:
         written = os.write(fd, line)
         while written < len(line):  # a short write (rare; e.g. a signal): finish the line
@@ -227,11 +251,20 @@ def enable_compilation_cache(path: str | os.PathLike) -> None:
 
 def _validate_all(configs: Sequence[ml_collections.ConfigDict]) -> None:
     """Checks every config before any compute (bad values name the run and the field)."""
-    from jaxprune.experiment import _validate
+    from jaxprune.experiment import preflight, validate_config
 
+    checked: set = set()
     for i, config in enumerate(configs):
+        # Configs that share model, data and pruning fields share the (cheap) structure check.
+        key = json.dumps({k: config.get(k) for k in ("kind", "model", "dataset", "data_dir", "method",
+                                                     "structure", "allocation", "sparsity")},
+                         sort_keys=True, default=str)
         try:
-            _validate(config)
+            if key in checked:
+                validate_config(config)
+            else:
+                preflight(config)
+                checked.add(key)
         except ValueError as err:
             raise type(err)(f"sweep run {i} ({run_key(config)}): {err}") from err
 
@@ -240,16 +273,9 @@ def _groups(configs: list, vmap: bool, note: Callable[[str], None]) -> list[list
     singletons = [[i] for i in range(len(configs))]
     if not vmap or len(configs) < 2:
         return singletons
-    try:
-        vmapped = importlib.import_module(_VMAPPED)
-    except ModuleNotFoundError as err:
-        if err.name != _VMAPPED:
-            note(f"vmapped groups unavailable ({err}); running one by one")
-        return singletons
-    except ImportError as err:
-        note(f"vmapped groups unavailable ({err}); running one by one")
-        return singletons
-    groups = vmapped.vmap_groups(configs)
+    from jaxprune.sweep.vmapped import vmap_groups
+
+    groups = vmap_groups(configs)
     flat = sorted(i for g in groups for i in g)
     if flat != list(range(len(configs))):
         raise RuntimeError(f"vmap_groups returned {groups}, not a partition of {len(configs)} runs")
@@ -260,7 +286,9 @@ def _run_group(configs: list, workdirs: list[str]) -> list[dict]:
     if len(configs) == 1:
         from jaxprune.experiment import train_and_evaluate
         return [train_and_evaluate(configs[0], workdirs[0])]
-    return importlib.import_module(_VMAPPED).run_group(configs, workdirs)
+    from jaxprune.sweep.vmapped import run_group
+
+    return run_group(configs, workdirs)
 
 
 def _write_plan(workdir: str, keys: list[str]) -> None:
@@ -287,8 +315,6 @@ def run_sweep(configs: Sequence[ml_collections.ConfigDict], workdir: str | os.Pa
         configs = expand_all(load_sweep('experiments/sweeps/demo.py'))
         run_sweep(configs, 'runs/demo', shard=(0, 2))
     """
-    from tqdm.auto import tqdm
-
     if note is None:
         def note(msg: str) -> None:
             print(f"[jaxprune] {msg}", file=sys.stderr)
@@ -313,8 +339,50 @@ def run_sweep(configs: Sequence[ml_collections.ConfigDict], workdir: str | os.Pa
 
     workdir = os.fspath(workdir)
     os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
-    _write_plan(workdir, keys)
     path = results_path(workdir, shard)
+    lock = hold_lock(path + ".lock")
+    try:
+        return _run_locked(configs, keys, workdir, shard, path, vmap, bar, compilation_cache, note)
+    finally:
+        os.close(lock)
+
+
+def hold_lock(path: str) -> int:
+    """An exclusive ``flock`` on ``path`` (created), held until the returned descriptor is closed; a
+    :class:`~jaxprune.errors.ConfigError` naming the holder's pid when another process has it (two
+    sweeps on one workdir/shard would train every run twice and race on its checkpoints).
+
+    >>> import tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), 'x.lock')
+    >>> fd = hold_lock(p)
+    >>> hold_lock(p)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    jaxprune.errors.ConfigError: ... is in use by another sweep (pid ...); wait for it or use another --workdir / --shard
+    >>> os.close(fd)
+    """
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ConfigError(f"{os.path.dirname(path) or '.'}: {os.path.basename(path)[:-5]} is in use by "
+                          f"another sweep (pid {holder}); wait for it or use another --workdir / --shard"
+                          ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _run_locked(configs: list, keys: list[str], workdir: str, shard: tuple[int, int], path: str, vmap: bool,
+                bar: bool, compilation_cache: Any, note: Callable[[str], None]) -> SweepOutcome:
+    from tqdm.auto import tqdm
+
+    _write_plan(workdir, keys)
+    os.close(_open_append(path))  # a results file that cannot be appended to fails before any run
     if repair_tail(path):
         note(f"cut a torn last line off {path}")
     done = finished_keys(workdir)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import itertools
 import json
 import os
@@ -27,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import ml_collections
 
-from jaxprune.config import _coerce, apply_overrides
+from jaxprune.config import apply_overrides, call_user, coerce_value, import_file
 from jaxprune.errors import ConfigError
 
 __all__ = ["Axis", "Sweep", "product", "zip_", "cases", "expand", "expand_all", "load_sweep",
@@ -156,7 +155,7 @@ def _set_field(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
     if parts[-1] not in node:
         raise ConfigError(f"sweep axis key {key!r} is unknown; known keys: {', '.join(sorted(node))}")
     old = node[parts[-1]]
-    new = _coerce(key, old, value)
+    new = coerce_value(key, old, value)
     with node.ignore_type():
         node[parts[-1]] = new
 
@@ -220,23 +219,12 @@ def load_sweep(path: str | os.PathLike) -> list[Sweep]:
     [2, 24]
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ConfigError(f"sweep file {path!r} does not exist")
-    name = "_jaxprune_sweep_" + hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:12]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except ConfigError as err:
-        raise ConfigError(f"sweep file {path!r}: {err}") from err
-    except Exception as err:  # a broken user file: report it as a config error
-        raise ConfigError(f"sweep file {path!r} failed to import: {type(err).__name__}: {err}") from err
+    module = import_file(path, "sweep")
     if not hasattr(module, "get_sweep"):
+        if hasattr(module, "get_config"):
+            raise ConfigError(f"{path!r} is a config file (it has get_config()): run it with `jaxprune run`")
         raise ConfigError(f"sweep file {path!r} has no get_sweep()")
-    try:
-        sweeps = module.get_sweep()
-    except ConfigError as err:
-        raise ConfigError(f"sweep file {path!r}: {err}") from err
+    sweeps = call_user(module.get_sweep, f"sweep file {path!r}: get_sweep()")
     sweeps = [sweeps] if isinstance(sweeps, Sweep) else sweeps
     if not isinstance(sweeps, (list, tuple)) or not sweeps or \
             not all(isinstance(s, Sweep) for s in sweeps):

@@ -13,8 +13,12 @@ the whole group, one dispatch per chunk), with each run's own batch order
 * ``strategy='scan'`` (default): the same scanned program without ``vmap``, each run on its own,
   ``os.cpu_count()`` runs at a time in threads (one small run does not keep every core busy).
 
-Pruning, evaluation and the result fields are per run and not batched (they are cheap; the training
-is what costs).
+No method is written here: each run executes the sequential method itself, in its own thread
+(:func:`jaxprune.harness.run_in_group`), and only its ``run.trainer.fit`` calls meet the group's in
+a :class:`jaxprune.harness.GroupTrainer`, which trains them with one :func:`fit_group`. Pruning,
+evaluation and the result fields are per run and not batched (they are cheap; the training is what
+costs). The group trains with the first run's update rule, so :data:`SUPPORTED_METHODS` admits only
+methods whose runs differ in optimizer *state* (masks), never in the transformation itself.
 
 Grouping rule (:func:`vmap_groups`): same config except ``seed``, ``sparsity`` and ``progress``;
 ``kind='nn'``; method in :data:`SUPPORTED_METHODS`; model in :data:`GROUP_MODELS`; no neuron/channel
@@ -39,21 +43,16 @@ Conv models are not grouped: there even the scanned step rounds differently from
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from typing import Any, Callable, NamedTuple, Sequence
-
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+from typing import Any, Callable, Sequence
 
 from jaxprune import experiment
 from jaxprune.errors import ConfigError
-from jaxprune.masks import apply_masks, dense_masks
+from jaxprune.harness import (SCHEMA_VERSION, GroupTrainer, check_workdir, make_run, plain_result,
+                              run_in_group, validate_config, with_precision, write_result)
 from jaxprune.sweep.group_fit import STRATEGIES, fit_group
-from jaxprune.train import TrainState, create_train_state, get_masks, masked, pruning
+from jaxprune.train.context import run_context
 
 __all__ = ["SUPPORTED_METHODS", "GROUP_MODELS", "STRATEGIES", "vmap_groups", "run_group", "fit_group"]
 
@@ -103,7 +102,7 @@ def _unsupported(config: Any) -> str | None:
     if config.get("structure") in _STRUCTURED:
         return f"structure={config.get('structure')!r}"
     try:
-        experiment._validate(config)
+        validate_config(config)
     except (ValueError, TypeError, KeyError, AttributeError) as err:  # the one-by-one run reports it
         return f"invalid config ({err})"
     return None
@@ -168,118 +167,6 @@ def _check_group(configs: Sequence[Any]) -> None:
                               f"{', '.join(_VARYING)} may differ within a group")
 
 
-# --------------------------------------------------------------------------------------------------
-# Methods (each the twin of the sequential method of the same name, for a list of runs)
-
-
-class _Group(NamedTuple):
-    runs: list  # jaxprune.experiment.Run, one per config
-    strategy: str
-    digests: list  # per run: the sha256 of each fit phase's final state (as train_and_evaluate)
-
-
-def _fit_runs(g: _Group, states: list, tx, epochs: int, first_epoch: int, desc: str) -> list:
-    c = g.runs[0].config
-    states = fit_group(g.runs[0].model, states, tx, [r.train for r in g.runs], epochs=epochs,
-                       batch_size=c.batch_size, seeds=[r.config.seed for r in g.runs],
-                       first_epoch=first_epoch, strategy=g.strategy, desc=desc,
-                       progress=bool(c.get("progress", False)))
-    for digests, state in zip(g.digests, states):
-        digests.append(_sha256(state))
-    return states
-
-
-def _sha256(state: TrainState) -> str | None:
-    from jaxprune.train.checkpoint import tree_sha256
-
-    return tree_sha256(jax.tree.map(jnp.asarray, state))
-
-
-def _dense_states(g: _Group) -> list:
-    c = g.runs[0].config
-    tx = optax.adam(c.learning_rate)
-    return _fit_runs(g, [create_train_state(r.variables, tx) for r in g.runs], tx, c.epochs, 0, "dense")
-
-
-def _finetune(g: _Group, params: list, model_states: list, masks: list) -> tuple[list, list]:
-    """Masked Adam for ``finetune_epochs`` (epochs numbered after the dense ones), as ``one_shot``."""
-    c = g.runs[0].config
-    if not c.finetune_epochs:
-        return params, model_states
-    lr = c.get("finetune_learning_rate") or c.learning_rate
-    txs = [masked(optax.adam(lr), m) for m in masks]
-    states = [create_train_state({"params": p, **s}, t) for p, s, t in zip(params, model_states, txs)]
-    states = _fit_runs(g, states, txs[0], c.finetune_epochs, c.epochs, "finetune")
-    return [s.params for s in states], [s.model_state for s in states]
-
-
-def _finish(g: _Group, params: list, model_states: list, masks: list, dense_accs: list) -> list[dict]:
-    """Apply the masks, evaluate, fine-tune (``jaxprune.methods.runs._finish``)."""
-    params = [apply_masks(p, m) for p, m in zip(params, masks)]
-    pruned = [experiment._acc(r, p, s) for r, p, s in zip(g.runs, params, model_states)]
-    params, model_states = _finetune(g, params, model_states, masks)
-    return [{"params": p, "model_state": s, "dense_test_accuracy": d, "pruned_test_accuracy": a,
-             "masks": m} for p, s, d, a, m in zip(params, model_states, dense_accs, pruned, masks)]
-
-
-def _dense(g: _Group) -> list[dict]:
-    outs = []
-    for run, st in zip(g.runs, _dense_states(g)):
-        acc = experiment._acc(run, st.params, st.model_state)
-        outs.append({"params": st.params, "model_state": st.model_state, "dense_test_accuracy": acc,
-                     "pruned_test_accuracy": acc, "masks": dense_masks(st.params)})
-    return outs
-
-
-def _one_shot(g: _Group) -> list[dict]:
-    if g.runs[0].config.method == "global_one_shot":
-        for run in g.runs:  # as jaxprune.methods.runs.global_one_shot does
-            with run.config.unlocked():
-                run.config.allocation = "global"
-    states = _dense_states(g)
-    dense_accs = [experiment._acc(r, s.params, s.model_state) for r, s in zip(g.runs, states)]
-    masks = [experiment.prune_params(r, s.params, s.model_state, r.config.sparsity)
-             for r, s in zip(g.runs, states)]
-    return _finish(g, [s.params for s in states], [s.model_state for s in states], masks, dense_accs)
-
-
-def _static_sparse(g: _Group) -> list[dict]:
-    from jaxprune.methods.dst import random_sparse_masks
-
-    c = g.runs[0].config
-    allocation = "erk" if c.allocation in ("erk", "global") else "uniform"
-    txs, states = [], []
-    for run in g.runs:
-        m = random_sparse_masks(run.variables["params"], run.config.sparsity,
-                                jax.random.fold_in(run.key, 3), allocation=allocation)
-        tx = pruning(optax.adam(c.learning_rate), initial_masks=m, seed=run.config.seed)
-        txs.append(tx)
-        states.append(create_train_state(run.variables, tx))
-    states = _fit_runs(g, states, txs[0], c.epochs, 0, "static_sparse")
-    masks = [get_masks(s.opt_state) for s in states]
-    return _finish(g, [s.params for s in states], [s.model_state for s in states], masks,
-                   [None] * len(g.runs))
-
-
-_METHODS: dict[str, Callable[[_Group], list[dict]]] = {
-    "none": _dense, "one_shot": _one_shot, "global_one_shot": _one_shot, "static_sparse": _static_sparse,
-}
-
-
-def _fit_sha256(digests: list) -> str | None:
-    from jaxprune.train.context import RunContext
-
-    return RunContext(digests=list(digests)).sha256()
-
-
-def _write(result: dict, workdir: str | os.PathLike) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, "result.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(workdir, "result.json"))
-
-
 def run_group(configs: Sequence[Any], workdirs: Sequence[str | os.PathLike], *,
               strategy: str = "scan") -> list[dict]:
     """Runs a group from :func:`vmap_groups` and writes each ``workdir/result.json``.
@@ -303,24 +190,29 @@ def run_group(configs: Sequence[Any], workdirs: Sequence[str | os.PathLike], *,
     if strategy not in STRATEGIES:
         raise ConfigError(f"run_group: strategy must be one of {STRATEGIES}, got {strategy!r}")
     _check_group(configs)
+    for workdir in workdirs:  # before any compute
+        check_workdir(workdir)
     start = time.perf_counter()
-    # Copies: global_one_shot sets allocation='global' on its run's config.
-    runs = [experiment.make_run(c.copy_and_resolve_references()) for c in configs]
-    group = _Group(runs, strategy, [[] for _ in runs])
-    outs = _METHODS[runs[0].config.method](group)
-    results = [experiment.result_fields(run, out) for run, out in zip(runs, outs)]
+    trainer = GroupTrainer(len(configs), strategy)
+
+    def one(config: Any) -> Callable[[], dict]:
+        def work() -> dict:
+            # Each run in its own thread and run context: the method is the sequential one, only
+            # its fit calls meet the group's (GroupTrainer).
+            with run_context() as ctx:
+                result = experiment.run_nn(with_precision(make_run(config, trainer)))
+            sha = ctx.sha256()
+            return result if sha is None else {**result, "fit_sha256": sha}
+        return work
+
+    results = run_in_group(trainer, [one(c.copy_and_resolve_references()) for c in configs])
     wall = time.perf_counter() - start
     n = len(configs)
     written = []
-    for result, digests, workdir in zip(results, group.digests, workdirs):
-        sha = _fit_sha256(digests)
-        if sha is not None:
-            result["fit_sha256"] = sha
-        result["wall_s"] = round(wall / n, 3)
-        result["vmapped"] = n
-        result["vmap_strategy"] = strategy
-        result = {k: (float(v) if isinstance(v, (np.floating, jnp.ndarray)) else v)
-                  for k, v in result.items()}
-        _write(result, workdir)
+    for result, workdir in zip(results, workdirs):
+        result = {**result, "kind": "nn", "schema_version": SCHEMA_VERSION, "wall_s": round(wall / n, 3),
+                  "vmapped": n, "vmap_strategy": strategy}
+        result = plain_result(result)
+        write_result(result, workdir)
         written.append(result)
     return written

@@ -36,7 +36,9 @@ from typing import Any, Iterator, NamedTuple, Optional
 import jax
 import numpy as np
 
+from jaxprune.errors import JaxpruneError
 from jaxprune.paths import path_str
+from jaxprune.workdir import ensure_writable_dir
 
 __all__ = ["CheckpointWarning", "CheckpointError", "Preempted", "PhaseCheckpoint", "tree_sha256",
            "open_manager", "save_phase", "restore_phase", "preemption_guard", "check_run_config"]
@@ -48,7 +50,7 @@ class CheckpointWarning(UserWarning):
     """A checkpoint could not be used as is (corrupt file skipped, hooks not replayed on resume)."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(JaxpruneError):
     """Checkpoints in a directory belong to a different run or fit call than the one resuming."""
 
 
@@ -113,6 +115,10 @@ def open_manager(directory: str | os.PathLike, *, keep: int = 2):
     corrupt latest step has a predecessor)."""
     import orbax.checkpoint as ocp
 
+    # Checked before orbax starts its threads: a directory that cannot be written is one error, not
+    # a traceback from a background thread and a process that hangs at shutdown.
+    path = ensure_writable_dir(os.path.abspath(os.fspath(directory)), "checkpoint directory",
+                               CheckpointError)
     options = ocp.CheckpointManagerOptions(max_to_keep=max(2, keep), create=True)
     return ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options,
                                  item_names=("state", "meta"))
@@ -160,6 +166,10 @@ def _check_compatible(meta: dict, fingerprint: dict, like: Any, where: str) -> N
                 raise CheckpointError(f"{where}: state leaf differs (saved {old}, now {new}){hint}")
 
 
+_META_KEYS = ("format", "fingerprint", "leaves", "sha256", "step", "epoch", "batch", "history",
+              "epoch_losses", "epoch_accs", "finished")
+
+
 def restore_phase(manager: Any, like: Any, fingerprint: dict) -> Optional[PhaseCheckpoint]:
     """The latest readable checkpoint as a :class:`PhaseCheckpoint` with ``like`` 's tree structure and
     shardings, or ``None`` when there is none. Unreadable steps are deleted with a warning."""
@@ -172,6 +182,9 @@ def restore_phase(manager: Any, like: Any, fingerprint: dict) -> Optional[PhaseC
             meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
             if not isinstance(meta, dict) or "fingerprint" not in meta:
                 raise ValueError("metadata is not a jaxprune checkpoint")
+            missing = [k for k in _META_KEYS if k not in meta]
+            if missing:  # an incomplete metadata file is a corrupt step: the documented fallback
+                raise ValueError(f"metadata lacks {missing}")
         except Exception as err:  # noqa: BLE001 - any read failure means "corrupt", try the previous
             _drop(manager, step, where, err)
             continue

@@ -10,7 +10,6 @@ batch iterator of :mod:`jaxprune.data` and shows a tqdm bar (epoch, loss, accura
 from __future__ import annotations
 
 import contextlib
-import inspect
 import itertools
 import os
 import warnings
@@ -24,13 +23,15 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from jaxprune.data import batches, eval_batches, num_batches
+from jaxprune.models.common import takes_train
 from jaxprune.train.checkpoint import (CheckpointWarning, PhaseCheckpoint, Preempted, open_manager,
                                        preemption_guard, restore_phase, save_phase, tree_sha256)
 from jaxprune.train.context import current_run
 from jaxprune.train.parallel import (check_batch_size, shard_batch, shard_state, state_shardings,
                                      steps_ahead)
 
-__all__ = ["TrainState", "create_train_state", "make_train_step", "make_eval_step", "evaluate", "fit"]
+__all__ = ["TrainState", "create_train_state", "call_model", "make_train_step", "make_eval_step", "evaluate",
+           "fit"]
 
 
 class TrainState(NamedTuple):
@@ -57,10 +58,17 @@ def create_train_state(variables: dict, tx: optax.GradientTransformation) -> Tra
     return TrainState(params, model_state, tx.init(params), jnp.zeros((), jnp.int32))
 
 
-def _call(model: Any, params: Any, model_state: Any, x: jax.Array, train: bool):
+def call_model(model: Any, params: Any, model_state: Any, x: jax.Array, train: bool):
+    """``(logits, model_state)`` of a linen-style ``model``: in train mode the mutable collections
+    (BatchNorm statistics) are updated and returned, else ``model_state`` comes back as it is.
+
+    >>> from jaxprune.models import MLP, init_params
+    >>> v = init_params(MLP((4, 2)), jax.random.PRNGKey(0), (1, 3))
+    >>> call_model(MLP((4, 2)), v['params'], {}, jnp.ones((1, 3)), train=True)[0].shape
+    (1, 2)
+    """
     variables = {"params": params, **model_state}
-    takes_train = "train" in inspect.signature(type(model).__call__).parameters
-    kwargs = {"train": train} if takes_train else {}
+    kwargs = {"train": train} if takes_train(model) else {}
     if train and model_state:
         logits, new_state = model.apply(variables, x, mutable=list(model_state), **kwargs)
         return logits, dict(new_state)
@@ -83,7 +91,7 @@ def _train_step_fn(model: Any, tx: optax.GradientTransformation,
 
     def loss_fn(params, model_state, x, y):
         p = params if loss_transform is None else loss_transform(params)
-        logits, new_state = _call(model, p, model_state, x, train=True)
+        logits, new_state = call_model(model, p, model_state, x, train=True)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, (new_state, jnp.mean(jnp.argmax(logits, -1) == y))
 
@@ -102,7 +110,7 @@ def make_eval_step(model: Any) -> Callable:
 
     @jax.jit
     def step(params, model_state, x, y, mask):
-        logits, _ = _call(model, params, model_state, x, train=False)
+        logits, _ = call_model(model, params, model_state, x, train=False)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         correct = (jnp.argmax(logits, -1) == y) & mask
         return jnp.sum(correct), jnp.sum(jnp.where(mask, loss, 0.0))
