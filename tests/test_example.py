@@ -83,7 +83,7 @@ def test_demo_digits_budget(tmp_path):
                                           sparsity=0.5),
                      "random_90": dict(method="one_shot", scorer="random", allocation="uniform",
                                        sparsity=0.9)}.items():
-        config = demo.get_config()
+        config = demo.base_config()
         config.update(budget)
         config.update(dict(dataset="digits", latency_batch=0, progress=False, **kw))
         acc[name] = train_and_evaluate(config, tmp_path / name)["test_accuracy"]

@@ -171,19 +171,8 @@ def test_imp_late_rewinding_by_step_runs_and_checks_range(tmp_path):
 
 # --------------------------------------------------------------------------- schedule hyperparameters
 
+from user_models import nnx_mlp_problem  # noqa: E402
 
-def _user_mlp_problem():
-    from user_models import user_nnx_mlp
-
-    model, x = user_nnx_mlp(0, din=8, hidden=16, classes=4)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    y = jnp.arange(x.shape[0]) % 4
-
-    def loss(p):
-        logits = nnx.merge(graphdef, p, rest)(x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    return params, loss
 
 
 def _pruned_per_leaf(masks):
@@ -197,7 +186,7 @@ def _want_per_leaf(params, target):
 
 
 def test_set_target_changes_the_target_without_retracing():
-    params, loss = _user_mlp_problem()
+    params, loss = nnx_mlp_problem()
     tx = optax.chain(optax.clip_by_global_norm(1.0),
                      pruning(optax.adam(1e-2), update_masks=mask_update("magnitude"),
                              schedule=polynomial(0.0, 0.5, begin=0, end=3)))

@@ -20,7 +20,7 @@ import jaxprune as jp
 from jaxprune.recipes import mask_update
 from jaxprune.train import check_pruned_zero, constant, get_masks, masked, pruning
 
-from user_models import user_nnx_mlp
+from user_models import nnx_mlp_problem
 
 # jax logs the traceback of a failed callback before re-raising it; the error itself is asserted.
 logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
@@ -29,19 +29,8 @@ RULE = "must be the last transformation applied to the updates"
 STEPS = 6
 
 
-def _model():
-    model, x = user_nnx_mlp(0, din=8, hidden=16, classes=4)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    y = jnp.arange(x.shape[0]) % 4
-
-    def loss(p):
-        logits = nnx.merge(graphdef, p, rest)(x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    return params, jax.grad(loss)
-
-
-PARAMS, _GRAD = _model()
+PARAMS, _LOSS = nnx_mlp_problem()
+_GRAD = jax.grad(_LOSS)
 GRAD = jax.jit(_GRAD)
 MASKS = jax.tree.map(lambda w: jnp.abs(w) > 0.1, PARAMS)  # fixed masks; params are not pre-masked
 

@@ -76,6 +76,22 @@ def user_nnx_mlp(seed: int = 0, **kw):
     return model, jax.random.normal(jax.random.PRNGKey(seed + 1), (4, din))
 
 
+def nnx_mlp_problem(seed: int = 0):
+    """``(params, loss)``: a small :class:`UserNnxMLP` split into its ``nnx.Param`` state and a
+    cross-entropy ``loss(params)`` on a fixed batch (for optimizer tests)."""
+    import optax
+
+    model, x = user_nnx_mlp(seed, din=8, hidden=16, classes=4)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    y = jnp.arange(x.shape[0]) % 4
+
+    def loss(p):
+        logits = nnx.merge(graphdef, p, rest)(x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    return params, loss
+
+
 class UserNnxTransformer(nnx.Module):
     """Token ``Embed`` + learned positional table, one pre-LN block (causal MHA + GELU MLP), LM head."""
 
@@ -109,5 +125,5 @@ def user_nnx_transformer(seed: int = 0, **kw):
     return model, tokens
 
 
-__all__ = ["ResBlock", "UserCNN", "user_cnn", "UserNnxMLP", "user_nnx_mlp", "UserNnxTransformer",
+__all__ = ["ResBlock", "UserCNN", "user_cnn", "UserNnxMLP", "user_nnx_mlp", "nnx_mlp_problem", "UserNnxTransformer",
            "user_nnx_transformer"]
