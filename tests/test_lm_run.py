@@ -60,3 +60,25 @@ def test_bad_lm_config_gives_one_error_line_before_data_loads(tmp_path, capsys, 
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and f"'{field}'" in err[0], err
     assert not (tmp_path / "dense").exists() and not (tmp_path / "result.json").exists()
+
+
+def test_llm_oneshot_sweep_trains_once_and_reuses_the_model(tmp_path):
+    from jaxprune.sweep.runner import run_sweep
+    from jaxprune.sweep.spec import expand_all, load_sweep
+
+    sweep = load_sweep("experiments/sweeps/llm_oneshot.py")
+    full = expand_all(sweep, [])
+    assert len(full) == 45
+    assert {(c.method, c.structure, c.sparsity) for c in full} == {
+        (m, st, sp) for m in ("magnitude", "wanda", "sparsegpt")
+        for st, sp in (("unstructured", 0.5), ("unstructured", 0.6), ("unstructured", 0.7),
+                       ("nm:2:4", 0.5), ("nm:4:8", 0.5))}
+    assert len({c.checkpoint_dir for c in full}) == 1 and len({c.seed for c in full}) == 1
+    tiny = [o for o in TINY if o != "--no-progress"] + ["progress=false"]
+    configs = expand_all(sweep, tiny)
+    picked = [c for c in configs if c.calibration_seed == 2 and c.sparsity == 0.5][:2]
+    run_sweep(picked, tmp_path, vmap=False, progress=False, bar=False, compilation_cache=None)
+    results = [_result(p) for p in sorted((tmp_path / "runs").iterdir())]
+    assert sorted(r["restored"] for r in results) == [False, True]
+    assert (tmp_path / "gpt_dense").is_dir()
+    assert results[0]["dense_val_loss"] == pytest.approx(results[1]["dense_val_loss"], abs=1e-6)
