@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-import jaxprune.data.text
+import jaxprune.lm.experiment
 from jaxprune.cli import main
 from jaxprune.results_schema import unknown_fields
 
@@ -55,7 +55,7 @@ def test_bad_lm_config_gives_one_error_line_before_data_loads(tmp_path, capsys, 
     def no_data(*args, **kwargs):
         raise AssertionError("the corpus was loaded before the config was checked")
 
-    monkeypatch.setattr(jaxprune.data.text, "load_text", no_data)
+    monkeypatch.setattr(jaxprune.lm.experiment, "load_text", no_data)
     assert main(["run", CONFIG, override, "width=32", "--workdir", str(tmp_path)]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and f"'{field}'" in err[0], err

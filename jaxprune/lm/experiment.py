@@ -25,9 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxprune.data.text import load_text, random_windows, token_windows
 from jaxprune.errors import ConfigError
 from jaxprune.harness.schema import FieldSpec
 from jaxprune.lm.driver import METHODS, prune_lm
+from jaxprune.models.gpt import gpt_nano
 from jaxprune.results_schema import SCHEMA_VERSION
 
 __all__ = ["LM_FIELDS", "TRAIN_FIELDS", "validate_lm_config", "parse_lm_structure", "lm_loss",
@@ -145,8 +147,6 @@ def train_gpt(model: Any, train_tokens: np.ndarray, *, steps: int, batch_size: i
     >>> done
     2
     """
-    from jaxprune.data.text import random_windows
-
     rng = np.random.default_rng(seed)
     params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, model.context), jnp.int32))["params"]
     total = max(int(steps), 1)
@@ -198,9 +198,7 @@ def _checkpoint_dir(config: Any, workdir: str) -> str:
 def dense_gpt(config: Any, corpus: Any, workdir: str) -> tuple[Any, Any, dict]:
     """The GPT of ``config`` and its dense params: restored from the checkpoint when its recorded
     training fields match ``config``'s, else trained and saved. Returns ``(model, params, meta)``."""
-    import orbax.checkpoint as ocp
-
-    from jaxprune.models.gpt import gpt_nano
+    import orbax.checkpoint as ocp  # slow to import; only runs that train or restore need it
 
     model = gpt_nano(corpus.tokenizer.vocab_size, _get(config, "context"), _get(config, "num_layers"),
                      _get(config, "num_heads"), _get(config, "width"))
@@ -258,8 +256,6 @@ def run_lm(config: Any, workdir: str) -> dict:
     >>> run_lm(cfg, tempfile.mkdtemp())['val_perplexity'] > 1  # doctest: +SKIP
     True
     """
-    from jaxprune.data.text import load_text, token_windows
-
     validate_lm_config(config)
     corpus = load_text(_get(config, "dataset"), data_dir=_get(config, "data_dir"))
     model, params, meta = dense_gpt(config, corpus, workdir)
