@@ -35,7 +35,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.no_progress:
         with config.unlocked():
             config.progress = False
-    if config.get("dataset") == "auto":
+    if config.get("dataset") == "auto" and config.get("kind", "nn") == "nn":  # lm resolves its own
         chosen = resolve_dataset("auto", config.get("data_dir"))
         print(f"[jaxprune] dataset=auto -> {chosen}" + (
             "" if chosen == "fashion_mnist" else

@@ -3,7 +3,9 @@
 A neural-network run (``kind='nn'``) builds its :class:`~jaxprune.harness.Run`, runs the configured
 method (:mod:`jaxprune.methods`), the quantization stage, and writes ``workdir/result.json``
 (:func:`~jaxprune.harness.write_result`; fields in docs/results_schema.md). Configs of ``kind='svm'``
-and ``kind='tree'`` go to :mod:`jaxprune.svm` and :mod:`jaxprune.dtree`.
+and ``kind='tree'`` go to :mod:`jaxprune.svm` and :mod:`jaxprune.dtree`; ``kind='lm'`` (one-shot pruning
+of a GPT, docs/lm_pruning.md) to :func:`jaxprune.lm.experiment.run_lm`, which also gets the workdir
+(its dense checkpoint lives there).
 
 Layering: core <- :mod:`jaxprune.harness` <- :mod:`jaxprune.methods` <- this module and
 :mod:`jaxprune.sweep` <- :mod:`jaxprune.cli`.
@@ -22,10 +24,12 @@ import jaxprune.methods  # noqa: F401  (registers the training-time methods)
 from jaxprune.dtree.experiment import run_tree
 from jaxprune.errors import ConfigError
 from jaxprune.harness import (METHODS, SCHEMA_VERSION, MethodOutput, Run, check_workdir, cost_fields,
-                              format_result, get_method, make_run, preflight, register_method,
-                              resolve_dataset, result_fields, validate_config, with_precision,
-                              write_result)
+                              format_result, get_method, make_run, register_method,
+                              resolve_dataset, result_fields, with_precision, write_result)
+from jaxprune.harness import preflight as preflight_nn
+from jaxprune.harness import validate_config as validate_nn_config
 from jaxprune.harness import prune as prune_params
+from jaxprune.lm.experiment import run_lm, validate_lm_config
 from jaxprune.methods.quantized import quantize_stage
 from jaxprune.svm.experiment import run_svm
 from jaxprune.train.context import run_context_for
@@ -41,8 +45,36 @@ def run_nn(run: Run) -> dict:
     return result_fields(run, out)
 
 
-KINDS = {"nn": lambda config: run_nn(with_precision(make_run(config))), "tree": run_tree, "svm": run_svm}
-"""Run kinds: ``config.kind -> fn(config) -> result fields``."""
+KINDS = {"nn": lambda config: run_nn(with_precision(make_run(config))), "tree": run_tree, "svm": run_svm,
+         "lm": run_lm}
+"""Run kinds: ``config.kind -> fn(config) -> result fields`` (``lm``: ``fn(config, workdir)``)."""
+
+
+def validate_config(config: Any) -> None:
+    """Checks a config of any kind before data loads (``nn``: the harness schema; ``lm``: its own).
+
+    >>> import ml_collections
+    >>> validate_config(ml_collections.ConfigDict({'kind': 'lm', 'width': 30, 'num_heads': 4}))
+    Traceback (most recent call last):
+    ...
+    jaxprune.errors.ConfigError: config field 'num_heads' (4) must divide 'width' (30)
+    """
+    if config.get("kind", "nn") == "lm":
+        validate_lm_config(config)
+    else:
+        validate_nn_config(config)
+
+
+def preflight(config: Any) -> None:
+    """Every check that needs no data (``nn``: :func:`jaxprune.harness.preflight`).
+
+    >>> import ml_collections
+    >>> preflight(ml_collections.ConfigDict({'kind': 'lm'}))
+    """
+    if config.get("kind", "nn") == "lm":
+        validate_lm_config(config)
+    else:
+        preflight_nn(config)
 
 
 def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict:
@@ -56,7 +88,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict:
     # Mesh and checkpoints (config fields `mesh`, `checkpoint_every`) reach every fit call of the run
     # through this context; each fit call is one resumable phase (docs/scale.md).
     with run_context_for(config, workdir) as ctx:
-        result = KINDS[kind](config)
+        result = KINDS[kind](config, os.fspath(workdir)) if kind == "lm" else KINDS[kind](config)
     result.setdefault("kind", kind)
     result.setdefault("schema_version", SCHEMA_VERSION)
     if ctx.sha256() is not None:

@@ -17,7 +17,7 @@ from typing import NamedTuple
 __all__ = ["SCHEMA_VERSION", "Field", "FIELDS", "KIND_NAMES", "unknown_fields"]
 
 SCHEMA_VERSION = 1
-KIND_NAMES = ("nn", "svm", "tree")
+KIND_NAMES = ("nn", "svm", "tree", "lm")
 
 
 class Field(NamedTuple):
@@ -28,28 +28,34 @@ class Field(NamedTuple):
 
 
 _ALL = KIND_NAMES
+_CLS = ("nn", "svm", "tree")  # the classifier kinds (accuracies)
 _NN = ("nn",)
+_LM = ("lm",)
 
 FIELDS: dict[str, Field] = {
     # Common to every kind.
     "schema_version": Field(_ALL, "version of this schema the result follows"),
-    "kind": Field(_ALL, "run kind: 'nn' (neural network), 'svm' (linear SVM), 'tree' (decision tree)"),
+    "kind": Field(_ALL, "run kind: 'nn' (neural network), 'svm' (linear SVM), 'tree' (decision tree), "
+                          "'lm' (one-shot pruning of a language model)"),
     "dataset": Field(_ALL, "data set the run trained and was tested on ('auto' resolved)"),
-    "model": Field(_ALL, "model name (nn: the models registry; 'linear_svm'; 'decision_tree')"),
+    "model": Field(_ALL, "model name (nn: the models registry; 'linear_svm'; 'decision_tree'; "
+                           "lm: 'gpt')"),
     "method": Field(_ALL, "what was done: nn, the training-time method (one_shot, imp, ...); svm, "
                           "'one_shot'; tree, the pruning method ('none', 'ccp', 'reduced_error')"),
     "seed": Field(_ALL, "the run's seed (initialisation, batch order, splits)"),
-    "test_accuracy": Field(_ALL, "accuracy of the final model on the test split"),
-    "dense_test_accuracy": Field(_ALL, "test accuracy of the dense model before pruning (null for nn "
+    "test_accuracy": Field(_CLS, "accuracy of the final model on the test split"),
+    "dense_test_accuracy": Field(_CLS, "test accuracy of the dense model before pruning (null for nn "
                                        "methods that never train a dense model)"),
     "sparsity": Field(_ALL, "fraction of the prunable elements removed in the final model: weights "
-                            "(nn: by the masks; svm: of w), tree nodes (tree)"),
+                            "(nn: by the masks; svm: of w; lm: by the masks of the pruned "
+                            "block kernels), tree nodes (tree)"),
     "wall_s": Field(_ALL, "wall time of the run in seconds (grouped runs: the group's time / n)"),
     # nn and svm.
     "scorer": Field(("nn", "svm"), "what ranked the weights (magnitude, random, saliency, ...)"),
-    "structure": Field(("nn", "svm"), "sparsity pattern (nn: unstructured, nm:N:M, block:RxC, "
-                                      "neurons, channels; svm: weights, features)"),
-    "target_sparsity": Field(("nn", "svm"), "the sparsity the config asked for"),
+    "structure": Field(("nn", "svm", "lm"), "sparsity pattern (nn: unstructured, nm:N:M, block:RxC, "
+                                             "neurons, channels; svm: weights, features; lm: "
+                                             "unstructured, nm:N:M)"),
+    "target_sparsity": Field(("nn", "svm", "lm"), "the sparsity the config asked for (nm:N:M: 1 - N/M)"),
     "total_params": Field(("nn", "svm"), "number of parameters of the model (shrunk: the original's)"),
     "nonzero_params": Field(("nn", "svm"), "number of nonzero parameters of the final model"),
     "prunable_params": Field(("nn", "svm"), "number of parameters that pruning may remove"),
@@ -96,6 +102,22 @@ FIELDS: dict[str, Field] = {
     "train_accuracy": Field(("svm",), "training accuracy of the final SVM"),
     "steps": Field(("svm",), "full-batch Adam steps of dense training"),
     "finetune_steps": Field(("svm",), "masked re-training steps after pruning"),
+    # lm.
+    "dense_val_loss": Field(_LM, "mean next-token cross-entropy (nats) of the dense model on the "
+                                 "validation windows"),
+    "val_loss": Field(_LM, "the same for the pruned model"),
+    "dense_val_perplexity": Field(_LM, "exp(dense_val_loss)"),
+    "val_perplexity": Field(_LM, "exp(val_loss)"),
+    "mean_relative_layer_error": Field(_LM, "mean over pruned layers of ||X(W - W_hat)||^2 / ||XW||^2 on "
+                                            "the calibration inputs"),
+    "prune_seconds": Field(_LM, "wall seconds of the pruning method (prune_lm, all blocks)"),
+    "peak_bytes": Field(_LM, "peak memory: the device's peak bytes in use, else the process's peak RSS "
+                             "(null where unknown)"),
+    "train_steps": Field(_LM, "dense training steps done (of the checkpoint when restored)"),
+    "train_seconds": Field(_LM, "wall seconds of dense training (of the checkpoint when restored)"),
+    "restored": Field(_LM, "whether the dense params came from checkpoint_dir instead of training"),
+    "calibration": Field(_LM, "number of calibration windows (context tokens each)"),
+    "eval_windows": Field(_LM, "number of validation windows (context + 1 tokens each)"),
     # tree.
     "split_criterion": Field(("tree",), "impurity the tree was grown with ('gini', 'entropy')"),
     "max_depth": Field(("tree",), "depth limit of the grown tree (null: none)"),

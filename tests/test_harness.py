@@ -177,7 +177,7 @@ def test_registries_are_complete():
     """Run kinds, methods, models: each entry is reachable, described, and matches the result schema."""
     from jaxprune.results_schema import KIND_NAMES
 
-    assert set(KINDS) == set(KIND_NAMES) == {"nn", "svm", "tree"}
+    assert set(KINDS) == set(KIND_NAMES) == {"nn", "svm", "tree", "lm"}
     for name, fn in METHODS.items():
         assert callable(fn) and fn.__doc__, name
         assert harness.get_method(name) is fn

@@ -89,7 +89,7 @@ def _num(x: Optional[float], none: str) -> str:
 
 F = FieldSpec
 FIELDS: dict[str, FieldSpec] = {
-    "kind": F(str, "nn", "run", "run kind: nn | svm | tree"),
+    "kind": F(str, "nn", "run", "run kind: nn | svm | tree | lm"),
     "dataset": F(str, "auto", "data", "fashion_mnist | mnist | digits | tfds:NAME | auto"),
     "data_dir": F(str, None, "data", "directory of the data files (None: the search path)", optional=True),
     "validation_size": F(float, 0, "data", "training examples held out (a count, or a fraction < 1)",
