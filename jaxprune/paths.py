@@ -60,6 +60,7 @@ Predicate = Callable[[str, Any], bool]
 Selector = Union[str, "re.Pattern[str]", Predicate, Sequence[Any], None]
 
 __all__ = [
+    "key_names",
     "Predicate",
     "Selector",
     "DEFAULT_SELECTION",
@@ -91,13 +92,22 @@ def _key_str(key: Any) -> str:
     return str(key)
 
 
-def _trimmed(path: Sequence[Any]) -> list[Any]:
+def key_names(path: Sequence[Any]) -> tuple[str, ...]:
+    """The names of a ``tree_flatten_with_path`` key path's entries, the way :func:`path_str` joins them.
+
+    A trailing ``.value`` / ``.raw_value`` accessor is dropped: nnx.State wraps each leaf in a
+    Variable whose array sits under it (linen's Partitioned too), so linen and nnx trees share names.
+    The one key-path reader of the package (``neurons.tree.path_names`` builds on it).
+
+    >>> import jax
+    >>> (p, _), = jax.tree_util.tree_flatten_with_path({'params': {'w': [1.0]}})[0]
+    >>> key_names(p)
+    ('params', 'w', '0')
+    """
     keys = list(path)
-    # nnx.State wraps each leaf in a Variable whose array sits under `.value` (linen's Partitioned
-    # too); drop it so linen and nnx trees share path names.
-    if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name == "value":
+    if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name in ("value", "raw_value"):
         keys = keys[:-1]
-    return keys
+    return tuple(_key_str(k) for k in keys)
 
 
 def path_str(path: Sequence[Any]) -> str:
@@ -108,7 +118,7 @@ def path_str(path: Sequence[Any]) -> str:
     >>> path_str(p)
     'params/w'
     """
-    return "/".join(_key_str(k) for k in _trimmed(path))
+    return "/".join(key_names(path))
 
 
 def flatten_with_paths(tree: Any) -> tuple[list[tuple[str, Any]], Any]:

@@ -6,6 +6,7 @@ functions, so the run command, the pruning transformation and the sweeps all bui
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Optional
 
 from jaxprune.allocate import er_sparsity, erk_sparsity, uniform_sparsity
@@ -13,7 +14,7 @@ from jaxprune.errors import ConfigError
 from jaxprune.paths import Selector
 from jaxprune.scores import SCORERS, compute_scores
 from jaxprune.select import global_masks, topk_masks
-from jaxprune.structures import NM, Block, Channels, Neurons, Structure, Unstructured
+from jaxprune.structures import STRUCTURE_ARGS, STRUCTURES, Structure, Unstructured
 
 __all__ = ["ALLOCATIONS", "parse_structure", "select_masks", "mask_update"]
 
@@ -26,35 +27,45 @@ ALLOCATIONS: dict[str, Optional[Callable[..., Any]]] = {
 
 
 def parse_structure(text: str, *, outputs: Selector = None) -> Structure:
-    """``'unstructured'``, ``'nm:2:4'``, ``'block:4x4'``, ``'neurons'``, ``'channels'``.
+    """A config string -> a structure from the :data:`~jaxprune.structures.STRUCTURES` registry.
 
-    ``nm:N:M`` groups along each leaf's reduction axis (inferred for 2-D and 4-D kernels, see
-    :class:`~jaxprune.NM`). ``outputs`` is passed to ``Neurons``/``Channels``: the selector of the
-    leaves whose units are model outputs (e.g. from :func:`jaxprune.wiring.output_kernels`); left at
-    ``None`` they refuse to prune until told.
+    Built in: ``'unstructured'``, ``'nm:2:4'``, ``'block:4x4'``, ``'neurons'``, ``'channels'``; a
+    structure added with :func:`~jaxprune.register_structure` is spelled ``name`` or, when registered
+    with ``parse_arg``, ``name:ARG``. ``nm:N:M`` groups along each leaf's reduction axis (inferred for
+    2-D and 4-D kernels, see :class:`~jaxprune.NM`). ``outputs`` is passed to every factory that takes
+    an ``outputs`` argument (``Neurons``/``Channels``): the selector of the leaves whose units are model
+    outputs (e.g. from :func:`jaxprune.wiring.output_kernels`); left at ``None`` they refuse to prune
+    until told.
 
     >>> parse_structure('nm:2:4'), parse_structure('block:2x8')
     (NM(n=2, m=4, axis=None), Block(shape=(2, 8), reduce='mean'))
     >>> parse_structure('neurons', outputs=['params/head/kernel'])
     Neurons(axis=-1, reduce='mean', outputs=['params/head/kernel'], min_keep=1)
     """
-    name, _, arg = str(text).partition(":")
+    name, sep, arg = str(text).partition(":")
+    if name in STRUCTURES:
+        factory = STRUCTURES[name]
+        kwargs: dict[str, Any] = {}
+        try:
+            if name in STRUCTURE_ARGS:
+                kwargs = dict(STRUCTURE_ARGS[name][0](arg))
+            elif sep:
+                raise ValueError(f"{name} takes no argument")
+        except ValueError:
+            pass
+        else:
+            if _takes_outputs(factory):
+                kwargs.setdefault("outputs", outputs)
+            return factory(**kwargs)
+    spellings = sorted(STRUCTURE_ARGS[n][1] if n in STRUCTURE_ARGS else n for n in STRUCTURES)
+    raise ConfigError(f"structure={text!r} is not one of: {', '.join(spellings)}")
+
+
+def _takes_outputs(factory: Callable[..., Any]) -> bool:
     try:
-        if name == "unstructured" and not arg:
-            return Unstructured()
-        if name == "neurons" and not arg:
-            return Neurons(outputs=outputs)
-        if name == "channels" and not arg:
-            return Channels(outputs=outputs)
-        if name == "nm":
-            n, m = (int(v) for v in arg.split(":"))
-            return NM(n, m)
-        if name == "block":
-            return Block(tuple(int(v) for v in arg.split("x")))
-    except ValueError:
-        pass
-    raise ConfigError(
-        f"structure={text!r} is not one of: unstructured, nm:N:M, block:AxB, neurons, channels")
+        return "outputs" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C factory without a signature
+        return False
 
 
 def check_names(scorer: str, allocation: str) -> None:

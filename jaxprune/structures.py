@@ -40,6 +40,7 @@ __all__ = [
     "register_structure",
     "get_structure",
     "STRUCTURES",
+    "STRUCTURE_ARGS",
 ]
 
 _REDUCERS = {"mean": jnp.mean, "max": jnp.max, "sum": jnp.sum}
@@ -288,14 +289,27 @@ class NM(NamedTuple):
 Structure = Any  # Unstructured | Block | Neurons | Channels | NM, or any object with the same methods
 
 STRUCTURES: dict[str, Callable[..., Structure]] = {}
+#: ``name -> (parse_arg, spelling)``: how the text after ``name:`` in a config string (``'nm:2:4'``)
+#: becomes the factory's keyword arguments, and how the string is spelled in error messages.
+STRUCTURE_ARGS: dict[str, tuple[Callable[[str], dict[str, Any]], str]] = {}
 
 
-def register_structure(name: str, factory: Callable[..., Structure]) -> Callable[..., Structure]:
-    """Adds a structure factory to the registry checked by the registry-wide tests.
+def register_structure(name: str, factory: Callable[..., Structure], *,
+                       parse_arg: Optional[Callable[[str], dict[str, Any]]] = None,
+                       spelling: Optional[str] = None) -> Callable[..., Structure]:
+    """Adds a structure factory to the registry, reachable from configs as ``structure=name``.
+
+    ``parse_arg`` (optional) turns the text after ``name:`` (``''`` when there is none) into the
+    factory's keyword arguments, raising ``ValueError`` for a bad one; without it the config string
+    is the bare name. ``spelling`` is how error messages show the string (default ``name``).
 
     >>> _ = register_structure('unstructured', Unstructured)
     """
     STRUCTURES[name] = factory
+    if parse_arg is None:
+        STRUCTURE_ARGS.pop(name, None)
+    else:
+        STRUCTURE_ARGS[name] = (parse_arg, spelling or f"{name}:ARG")
     return factory
 
 
@@ -310,9 +324,19 @@ def get_structure(name: str, **kwargs: Any) -> Structure:
     return STRUCTURES[name](**kwargs)
 
 
-for _name, _factory in [("unstructured", Unstructured), ("block", Block), ("neurons", Neurons),
-                        ("channels", Channels), ("nm", NM)]:
+def _nm_arg(arg: str) -> dict[str, Any]:
+    n, m = (int(v) for v in arg.split(":"))  # exactly two integers, else ValueError
+    return {"n": n, "m": m}
+
+
+def _block_arg(arg: str) -> dict[str, Any]:
+    return {"shape": tuple(int(v) for v in arg.split("x"))}
+
+
+for _name, _factory in [("unstructured", Unstructured), ("neurons", Neurons), ("channels", Channels)]:
     register_structure(_name, _factory)
+register_structure("nm", NM, parse_arg=_nm_arg, spelling="nm:N:M")
+register_structure("block", Block, parse_arg=_block_arg, spelling="block:AxB")
 
 
 def num_units(structure: Structure, path: str, shape: tuple[int, ...]) -> int:

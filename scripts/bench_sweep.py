@@ -1,5 +1,5 @@
 """Benchmark: 8 LeNet-300-100 runs trained one by one (``jaxprune.train.fit``) vs as one group
-(``jaxprune.sweep.group_fit.fit_group``), in one process.
+(``jaxprune.train.group.fit_group``), in one process.
 
 Each run takes ``--steps`` Adam steps of batch ``--batch`` on Fashion-MNIST (the first steps x batch
 training images, found by ``jaxprune.data``; random data of that shape when the files are absent), so
@@ -55,7 +55,7 @@ from jaxprune.masks import apply_masks
 from jaxprune.models import get_model, init_params
 from jaxprune.scores import magnitude_scores
 from jaxprune.select import topk_masks
-from jaxprune.sweep.group_fit import (_chunk_runner, _chunk_size, _device_data, _epoch_indices, _slices, _stack,
+from jaxprune.train.group import (_chunk_runner, _chunk_size, _device_data, _epoch_indices, _slices, _stack,
                                       _vmap_size, fit_group)
 from jaxprune.train import create_train_state, fit, make_train_step, masked
 

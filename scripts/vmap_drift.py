@@ -18,7 +18,7 @@ import optax
 
 from jaxprune import data as jdata
 from jaxprune.models import get_model, init_params
-from jaxprune.sweep.group_fit import fit_group
+from jaxprune.train.group import fit_group
 from jaxprune.train import create_train_state, fit
 
 

@@ -1,5 +1,6 @@
 """The package's import graph, read from the source (ast): no cycle, no private name imported across
-modules, no function-level import of a jaxprune module except those listed in :data:`LAZY`.
+modules, no function-level import of a jaxprune module except those listed in :data:`LAZY`, and no
+import from a lower layer of a higher one (:data:`LAYERS`).
 
 An edge ``a -> b`` is an import statement in module ``a`` that names module ``b`` (``from
 jaxprune.x import y`` names ``jaxprune.x.y`` when that is a module, else ``jaxprune.x``). The parent
@@ -178,3 +179,58 @@ def test_function_level_imports_are_listed():
 ])
 def test_the_reader_sees_every_import(source, expected):
     assert [(item, top) for _, item, top, _ in _imports("jaxprune.cli", source)] == expected
+
+
+# The layers, lowest first: core <- train <- harness <- methods <- experiment/sweep <- cli. A module may
+# import its own layer or a lower one, never a higher one (function-level imports included: a lazy
+# import is still a dependency). Keyed by the first name under ``jaxprune``; a new package must be
+# placed here. ``lm`` is built on the train layer and, like the harness, is used only from above.
+LAYERS: dict[str, int] = {
+    **dict.fromkeys(["allocate", "config", "counts", "data", "dtree", "errors", "hostmem", "masks", "models",
+                     "neurons", "paths", "quant", "recipes", "results_schema", "scores", "select", "shrink",
+                     "structures", "svm", "wiring", "workdir"], 0),
+    "train": 1,
+    "harness": 2, "lm": 2,
+    "methods": 3,
+    "experiment": 4, "sweep": 4,
+    "cli": 5, "demo": 5,
+}
+# The package root re-exports the public API; it sits in the highest layer it re-exports from, so only
+# modules at or above that layer (the demo) may import it.
+FACADE = "jaxprune"
+
+
+def _layer(module: str) -> int | None:
+    if module == FACADE:
+        return max(_layer(_target(m, i)) or 0 for m, i, _, _ in _imports(FACADE))
+    return LAYERS.get(module.split(".")[1]) if "." in module else None
+
+
+def _layer_violations(edges: list[tuple[str, str, int]]) -> list[str]:
+    """``importer:line imports target`` for each edge ``(importer, target, line)`` that goes upward."""
+    bad = []
+    for importer, target, line in edges:
+        low, high = _layer(importer), _layer(target)
+        if low is not None and high is not None and high > low:
+            bad.append(f"{importer}:{line} (layer {low}) imports {target} (layer {high})")
+    return bad
+
+
+def test_every_module_has_a_layer():
+    missing = sorted(m for m in MODULES if m != FACADE and _layer(m) is None)
+    assert not missing, f"place these in LAYERS: {missing}"
+
+
+def test_no_layer_imports_a_higher_one():
+    edges = [(name, _target(module, item), line) for name in MODULES if name != FACADE
+             for module, item, _, line in _imports(name)]
+    bad = _layer_violations(edges)
+    assert not bad, "\n".join(bad)
+
+
+def test_the_layer_check_finds_an_upward_import():
+    assert _layer_violations([("jaxprune.harness.trainer", "jaxprune.sweep.group_fit", 28)]) == [
+        "jaxprune.harness.trainer:28 (layer 2) imports jaxprune.sweep.group_fit (layer 4)"]
+    assert _layer_violations([("jaxprune.sweep.vmapped", "jaxprune.train.group", 54)]) == []
+    # The root re-exports the train layer, so the train layer may not import it.
+    assert len(_layer_violations([("jaxprune.masks", FACADE, 1), ("jaxprune.demo", FACADE, 20)])) == 1

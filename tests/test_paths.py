@@ -145,3 +145,26 @@ def test_structure_check_without_shapes():
     check_same_structure(p, {"a": 0.5, "b": 0.0}, "sparsities", shapes=False)
     with pytest.raises(PruningError, match="sparsities.*missing \\['b'\\].*unexpected \\['zzz'\\]"):
         check_same_structure(p, {"a": 0.5, "zzz": 0.0}, "sparsities", shapes=False)
+
+
+def test_one_key_path_reader_for_paths_and_neuron_layers():
+    import jax
+    from flax import nnx
+
+    from jaxprune.neurons.tree import path_names
+    from jaxprune.paths import key_names, path_str
+
+    state = nnx.state(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Param)
+    linen = {"params": {"Dense_0": {"kernel": 1.0, "bias": 2.0}}}
+    seen = []
+    for tree in (state, linen):
+        for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            names = key_names(path)
+            assert path_str(path) == "/".join(names)
+            assert path_names(path) == (names[1:] if names[0] == "params" else names)
+            seen.append(path_str(path))
+    assert sorted(seen) == ["bias", "kernel", "params/Dense_0/bias", "params/Dense_0/kernel"]
+    # Both drop a trailing Variable accessor, `.value` or `.raw_value`, the same way.
+    for accessor in ("value", "raw_value"):
+        path = (jax.tree_util.DictKey("params"), jax.tree_util.DictKey("w"), jax.tree_util.GetAttrKey(accessor))
+        assert path_str(path) == "params/w" and path_names(path) == ("w",)

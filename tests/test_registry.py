@@ -104,3 +104,50 @@ def test_scorer_is_pure_and_jittable(scorer):
     b = jax.jit(lambda p: _scores(scorer, p))(params)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), a, b)
     assert all(jnp.issubdtype(x.dtype, jnp.floating) for x in jax.tree.leaves(a))
+
+
+# ------------------------------------------------------------------ config strings through the registry
+@pytest.mark.parametrize("text,expected", [
+    ("unstructured", jp.Unstructured()), ("nm:2:4", jp.NM(2, 4)), ("block:2x8", jp.Block((2, 8))),
+    ("neurons", jp.Neurons(outputs=("head",))), ("channels", jp.Channels(outputs=("head",))),
+])
+def test_builtin_config_spellings_resolve_through_the_registry(text, expected):
+    from jaxprune.recipes import parse_structure
+    assert parse_structure(text, outputs=("head",)) == expected
+    assert text.partition(":")[0] in jp.STRUCTURES
+
+
+@pytest.mark.parametrize("text", ["nm", "nm:2", "nm:2:4:8", "block:2x", "neurons:3", "unstructured:", "fancy"])
+def test_bad_config_spellings_name_the_known_ones(text):
+    from jaxprune.errors import ConfigError
+    from jaxprune.recipes import parse_structure
+    with pytest.raises(ConfigError, match=r"structure=.*nm:N:M.*unstructured"):
+        parse_structure(text)
+
+
+def test_a_registered_structure_is_reachable_from_a_config_string():
+    from jaxprune.errors import ConfigError
+    from jaxprune.recipes import parse_structure, select_masks
+    from jaxprune.structures import STRUCTURE_ARGS
+
+    def rows(axis: int = 0, outputs=None):
+        return jp.Neurons(axis=axis, outputs=outputs)
+
+    jp.register_structure("rows", rows, parse_arg=lambda a: {"axis": int(a)} if a else {},
+                          spelling="rows[:AXIS]")
+    try:
+        assert parse_structure("rows", outputs=()) == jp.Neurons(axis=0, outputs=())
+        structure = parse_structure("rows:1", outputs=["b"])
+        assert structure == jp.Neurons(axis=1, outputs=["b"])
+        p = {"w": jnp.arange(1.0, 13.0).reshape(4, 3)}
+        masks = select_masks(p, p, 0.5, structure=parse_structure("rows", outputs=()), include="w")
+        # Rows 0 and 1 have the lowest mean magnitude: pruned as whole rows.
+        assert masks["w"].all(axis=1).tolist() == [False, False, True, True]
+        assert not masks["w"][:2].any()
+        with pytest.raises(ConfigError, match=r"rows\[:AXIS\]"):
+            parse_structure("rows:x")
+    finally:
+        jp.STRUCTURES.pop("rows")
+        STRUCTURE_ARGS.pop("rows")
+    with pytest.raises(ConfigError):
+        parse_structure("rows")

@@ -21,7 +21,8 @@ from jaxprune.errors import ConfigError
 from jaxprune.experiment import METHODS, make_run, train_and_evaluate
 from jaxprune.harness import GroupTrainer, run_in_group
 from jaxprune.models import get_model, init_params
-from jaxprune.sweep import group_fit, vmapped
+from jaxprune.sweep import vmapped
+from jaxprune.train import group
 from jaxprune.sweep.vmapped import fit_group, run_group, vmap_groups
 from jaxprune.train import create_train_state, fit, masked
 
@@ -103,7 +104,7 @@ def test_fit_group_argument_errors():
 
 def test_doctests():
     assert doctest.testmod(vmapped).failed == 0
-    result = doctest.testmod(group_fit)  # fit_group's and _chunk_size's examples
+    result = doctest.testmod(group)  # fit_group's and _chunk_size's examples
     assert result.failed == 0 and result.attempted > 0
 
 
@@ -150,7 +151,7 @@ def test_fit_group_vmap_slices(digits_runs):
     whatever the number of threads, close to fit; one slice of all runs is close too."""
     model, tx, states, xy, seq = digits_runs
     kw = dict(epochs=2, batch_size=32, seeds=[0, 1, 2], first_epoch=1, strategy="vmap")
-    assert group_fit._vmap_size(None, 3) == (group_fit.CPU_VMAP_SIZE if jax.default_backend() == "cpu" else 3)
+    assert group._vmap_size(None, 3) == (group.CPU_VMAP_SIZE if jax.default_backend() == "cpu" else 3)
     one = fit_group(model, states, tx, [xy] * 3, vmap_size=2, workers=1, **kw)
     two = fit_group(model, states, tx, [xy] * 3, vmap_size=2, workers=2, **kw)
     whole = fit_group(model, states, tx, [xy] * 3, vmap_size=3, **kw)
@@ -165,7 +166,7 @@ def test_fit_group_runs_with_their_own_data(digits_runs):
     model, tx, states, (x, y), _ = digits_runs
     flipped = (x[::-1].copy(), y[::-1].copy())
     data = [(x, y), flipped, (x.copy(), y.copy())]  # the third equals the first: one device copy
-    images, labels, offsets = group_fit._device_data(data)
+    images, labels, offsets = group._device_data(data)
     assert offsets == [0, len(y), 0] and images.shape[0] == 2 * len(y)
     seq = [fit(model, st, tx, *d, epochs=1, batch_size=32, seed=3, progress=False)[0]
            for st, d in zip(states, data)]

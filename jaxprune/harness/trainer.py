@@ -6,7 +6,7 @@ never learns whether it runs alone or in a group:
 * :class:`SequentialTrainer` (the default): :func:`jaxprune.train.fit` on the run's own data.
 * :class:`GroupTrainer`: R runs of one group execute their method at the same time, each in its own
   thread; every ``fit`` call waits until all R runs have reached their same phase, then one
-  :func:`jaxprune.sweep.group_fit.fit_group` trains the R states together and each run continues
+  :func:`jaxprune.train.group.fit_group` trains the R states together and each run continues
   with its own. What the runs do between phases (pruning, evaluation) is theirs alone. The runs
   waiting together must ask for the same phase (same epochs, first epoch, description; no loss
   transform; states of one structure): anything else is a :class:`GroupDiverged` error in every run,
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxprune.errors import ConfigError
-from jaxprune.sweep.group_fit import fit_group
+from jaxprune.train.group import fit_group
 from jaxprune.train import TrainState, fit
 from jaxprune.train.checkpoint import tree_sha256
 from jaxprune.train.context import current_run

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxprune.errors import PruningError
+from jaxprune.paths import key_names
 
 
 def keep_score(dtype: Any = jnp.float32, size: int = 1) -> jax.Array:
@@ -34,26 +35,15 @@ def keep_score(dtype: Any = jnp.float32, size: int = 1) -> jax.Array:
 
 
 def path_names(path: tuple) -> tuple[str, ...]:
-    """Readable names of a key path; drops NNX ``.value`` accessors and a leading ``'params'``.
+    """Readable names of a key path: :func:`jaxprune.paths.key_names` less a leading ``'params'``.
 
     Example:
         >>> p = jax.tree_util.tree_flatten_with_path({'params': {'Dense_0': {'kernel': 1}}})[0][0][0]
         >>> path_names(p)
         ('Dense_0', 'kernel')
     """
-    names = []
-    for k in path:
-        if isinstance(k, jax.tree_util.GetAttrKey) and k.name in ("value", "raw_value"):
-            continue
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                names.append(str(getattr(k, attr)))
-                break
-        else:
-            names.append(str(k))
-    if names and names[0] == "params":
-        names = names[1:]
-    return tuple(names)
+    names = key_names(path)
+    return names[1:] if names[:1] == ("params",) else names
 
 
 def layer_of(path: tuple) -> str:

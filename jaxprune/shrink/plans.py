@@ -131,11 +131,20 @@ def plan_for(model: nn.Module) -> Plan:
     return factory(model)
 
 
-def layer_params(params: Mapping, layer: str) -> Mapping:
-    """The params dict of ``layer`` ('BasicBlock_0/Conv_0') inside a linen params tree."""
+def layer_params(params: Mapping, layer: str, *, missing_ok: bool = False) -> Mapping | None:
+    """The dict of ``layer`` ('BasicBlock_0/Conv_0') inside a linen params (or variables) tree.
+
+    A layer not in the tree raises :class:`PruningError` naming it, or gives ``None`` when
+    ``missing_ok`` (a layer without ``batch_stats``, say). The one lookup of layers by name in shrink.
+
+    >>> layer_params({'Dense_0': {'kernel': 1}}, 'Dense_0'), layer_params({}, 'Dense_0', missing_ok=True)
+    ({'kernel': 1}, None)
+    """
     node = params
     for name in layer.split("/"):
         if not isinstance(node, Mapping) or name not in node:
+            if missing_ok:
+                return None
             raise PruningError(f"shrink: layer {layer!r} not found in the params tree")
         node = node[name]
     return node

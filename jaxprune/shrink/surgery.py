@@ -105,20 +105,9 @@ def _copy(tree: Any) -> Any:
     return {k: _copy(v) for k, v in tree.items()} if isinstance(tree, Mapping) else tree
 
 
-def _node(tree: Mapping, layer: str, missing_ok: bool = False) -> dict | None:
-    node = tree
-    for name in layer.split("/"):
-        if not isinstance(node, Mapping) or name not in node:
-            if missing_ok:
-                return None
-            raise PruningError(f"shrink: layer {layer!r} not found in the variables")
-        node = node[name]
-    return node
-
-
 def _take_last(tree: Mapping, layer: str, names: tuple[str, ...], idx: np.ndarray,
                missing_ok: bool = False) -> None:
-    node = _node(tree, layer, missing_ok)
+    node = layer_params(tree, layer, missing_ok=missing_ok)
     for name in names if node is not None else ():
         if name in node:
             node[name] = jnp.take(node[name], idx, axis=-1)
@@ -130,7 +119,7 @@ def _kernel(params: Mapping, layer: str) -> np.ndarray:
 
 def _shrink_input(new_params: Mapping, params: Mapping, edge: Edge, keep: np.ndarray) -> None:
     """Drop the consumer's input rows/channels that read the removed units."""
-    node = _node(new_params, edge.consumer)
+    node = layer_params(new_params, edge.consumer)
     node["kernel"] = jnp.asarray(node["kernel"])[_input_index(params, edge, keep)]
 
 
@@ -217,13 +206,13 @@ def _conv_responses(model: nn.Module, variables: Mapping, input_shape: Sequence[
 
 def _fold(new: dict, edge: Edge, delta: np.ndarray) -> None:
     """Add ``delta`` to the consumer's bias, or subtract it from the running mean of its BatchNorm."""
-    node = _node(new["params"], edge.consumer)
+    node = layer_params(new["params"], edge.consumer)
     if "bias" in node:
         node["bias"] = _shifted(node["bias"], delta)
         return
     # No bias (ResNet's conv before BatchNorm): BN(y + d) with running mean μ equals BN(y) with μ - d,
     # exact in inference mode (train=False), where the running statistics are used.
-    stats = _node(new.get("batch_stats", {}), edge.fold, missing_ok=True) if edge.fold else None
+    stats = layer_params(new.get("batch_stats", {}), edge.fold, missing_ok=True) if edge.fold else None
     if stats is None or "mean" not in stats:
         raise PruningError(f"shrink: consumer {edge.consumer!r} has no bias and no BatchNorm running "
                            f"mean to fold the mean replacement of {edge.layer!r} into")

@@ -51,7 +51,7 @@ from jaxprune import experiment
 from jaxprune.errors import ConfigError
 from jaxprune.harness import (SCHEMA_VERSION, GroupTrainer, check_workdir, make_run, plain_result,
                               run_in_group, validate_config, with_precision, write_result)
-from jaxprune.sweep.group_fit import STRATEGIES, fit_group
+from jaxprune.train.group import STRATEGIES, fit_group
 from jaxprune.train.context import run_context
 
 __all__ = ["SUPPORTED_METHODS", "GROUP_MODELS", "STRATEGIES", "vmap_groups", "run_group", "fit_group"]

@@ -15,7 +15,9 @@ Both gather each step's batch on the device from the whole training set (held on
 set), by the indices of :func:`jaxprune.data.epoch_order`: the batches ``fit`` takes, without copying
 them on the host.
 
-Used by :mod:`jaxprune.sweep.vmapped` (which decides what may be grouped and runs the methods).
+Used by :class:`jaxprune.harness.trainer.GroupTrainer`; which methods may be grouped is decided by
+:mod:`jaxprune.sweep.vmapped`. It lives in the train layer so that the harness need not import the
+sweep layer.
 """
 
 from __future__ import annotations
