@@ -76,7 +76,7 @@ def test_cli_rejects_bad_mesh_and_checkpoint_fields(tmp_path, capsys, args, mess
     (["finetune_epochs=-2"], "'finetune_epochs' must be >= 0"),
     (["sparsity=nan"], "'sparsity' expects float"),
     (["allocation=nope"], "allocation='nope' is unknown"),
-    (["kind=nope"], "'kind' must be one of ['nn', 'svm', 'tree']"),
+    (["kind=nope"], "'kind' must be one of ['lm', 'nn', 'svm', 'tree']"),
     (["data_dir.x=1"], "unknown config key 'data_dir.x'"),
 ])
 def test_cli_rejects_bad_config_values(tmp_path, capsys, args, message):
