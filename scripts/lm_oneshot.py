@@ -27,47 +27,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jaxprune.data.text import load_text, random_windows, token_windows  # noqa: E402
 from jaxprune.lm import prune_lm  # noqa: E402
+from jaxprune.lm.experiment import evaluate_lm, train_gpt  # noqa: E402
 from jaxprune.models.gpt import gpt_nano  # noqa: E402
 
 
-def _loss(model, params, x, y):
-    logits = model.apply({"params": params}, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-
 def train(model, corpus, args):
-    rng = np.random.default_rng(args.seed)
-    params = model.init(jax.random.PRNGKey(args.seed), jnp.zeros((1, model.context), jnp.int32))["params"]
-    warmup = min(100, args.steps // 2)
-    sched = optax.warmup_cosine_decay_schedule(0.0, args.lr, warmup, args.steps, args.lr / 10)
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b2=0.99, weight_decay=0.1))
-    state = opt.init(params)
-
-    @jax.jit
-    def step(params, state, x, y):
-        loss, g = jax.value_and_grad(lambda p: _loss(model, p, x, y))(params)
-        upd, state = opt.update(g, state, params)
-        return optax.apply_updates(params, upd), state, loss
-
-    start, done = time.perf_counter(), 0
-    for i in range(args.steps):
-        x, y = random_windows(corpus.train, args.batch, model.context, rng)
-        params, state, loss = step(params, state, x, y)
-        done = i + 1
-        if i % 250 == 0 or i == args.steps - 1:
-            print(f"step {i:5d} train loss {float(loss):.3f} ({time.perf_counter() - start:.0f} s)",
-                  flush=True)
-        if time.perf_counter() - start > args.max_train_seconds:
-            print(f"stopping at step {done}: --max-train-seconds={args.max_train_seconds} reached")
-            break
-    return params, done, time.perf_counter() - start
+    """The library's GPT trainer (jaxprune.lm.experiment.train_gpt) with this script's flags."""
+    params, done, secs = train_gpt(model, corpus.train, steps=args.steps, batch_size=args.batch,
+                                   learning_rate=args.lr, seed=args.seed,
+                                   max_seconds=args.max_train_seconds, log=lambda m: print(m, flush=True))
+    if done < args.steps:
+        print(f"stopping at step {done}: --max-train-seconds={args.max_train_seconds} reached")
+    return params, done, secs
 
 
-def evaluate(model, params, windows, batch=64):
-    f = jax.jit(lambda p, x, y: _loss(model, p, x, y))
-    losses = [float(f(params, windows[s : s + batch, :-1], windows[s : s + batch, 1:]))
-              for s in range(0, len(windows), batch)]
-    return float(np.mean(losses))
+evaluate = evaluate_lm
 
 
 def generate(model, params, tok, prompt, n, seed=0, temperature=0.8):
