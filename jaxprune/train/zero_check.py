@@ -5,7 +5,7 @@ transforms the updates after it (``optax.chain(pruning(adam), optax.scale(0.5))`
 transformation can see what is chained after it, but the effect shows up in the next update's params:
 a weight its previous masks pruned is not zero. One fused any-reduction over the params decides that
 each step; only when it fires are per-leaf counts computed and an error raised — directly when the
-values are concrete, through ``jax.debug.callback`` under ``jit``/``vmap``/``scan`` (jax 0.10.2 turns
+values are concrete, through a ``jax.pure_callback`` under ``jit``/``vmap``/``scan`` (jax 0.10.2 turns
 the callback's exception into a ``JaxRuntimeError`` whose message ends with the ``PruningError`` text).
 """
 
