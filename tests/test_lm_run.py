@@ -82,3 +82,33 @@ def test_llm_oneshot_sweep_trains_once_and_reuses_the_model(tmp_path):
     assert sorted(r["restored"] for r in results) == [False, True]
     assert (tmp_path / "gpt_dense").is_dir()
     assert results[0]["dense_val_loss"] == pytest.approx(results[1]["dense_val_loss"], abs=1e-6)
+
+
+def test_processes_sharing_a_checkpoint_train_it_once(tmp_path):
+    """Two sweep shards started together on one checkpoint_dir: one trains, the other waits on the
+    checkpoint lock and restores (without the lock both would train and race on the orbax dir)."""
+    import threading
+
+    import ml_collections
+
+    from jaxprune.data.text import load_text
+
+    corpus = load_text("shakespeare")
+    cfg = ml_collections.ConfigDict({"kind": "lm", "num_layers": 1, "width": 16, "num_heads": 2,
+                                     "context": 8, "steps": 2, "batch_size": 2, "progress": False,
+                                     "checkpoint_dir": str(tmp_path / "shared")})
+    metas, errors = [], []
+
+    def shard():
+        try:
+            metas.append(jaxprune.lm.experiment.dense_gpt(cfg, corpus, str(tmp_path))[2])
+        except Exception as e:  # surfaced by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=shard) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(m["restored"] for m in metas) == [False, True]

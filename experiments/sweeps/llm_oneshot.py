@@ -4,8 +4,8 @@ calibration seeds on the Shakespeare GPT of ``experiments/configs/gpt_shakespear
 Every run points ``checkpoint_dir`` at ``<sweep workdir>/gpt_dense`` (relative paths are taken from
 the run's own workdir, ``<sweep workdir>/runs/KEY``), so the first run trains the dense GPT and
 checkpoints it and the other 44 restore it. The seeds vary the calibration windows
-(``calibration_seed``), not the dense model. Run it unsharded (or train the checkpoint with one run
-first): shards started together would each train the model.
+(``calibration_seed``), not the dense model. Shards may start together: training holds a lock on the
+checkpoint, so one shard trains and the others wait and restore.
 
 Estimated time (2-core CPU): the dense training (2 000 steps, capped at 15 min by
 ``max_train_seconds``) plus ~45 x the pruning and evaluation of one run.

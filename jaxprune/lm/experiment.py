@@ -13,6 +13,8 @@ pruning a different model. A sweep points every run at one shared directory, so 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -33,7 +35,7 @@ from jaxprune.models.gpt import gpt_nano
 from jaxprune.results_schema import SCHEMA_VERSION
 
 __all__ = ["LM_FIELDS", "TRAIN_FIELDS", "validate_lm_config", "parse_lm_structure", "lm_loss",
-           "train_gpt", "evaluate_lm", "dense_gpt", "run_lm"]
+           "train_gpt", "evaluate_lm", "checkpoint_lock", "dense_gpt", "run_lm"]
 
 F = FieldSpec
 LM_FIELDS: dict[str, FieldSpec] = {
@@ -195,9 +197,42 @@ def _checkpoint_dir(config: Any, workdir: str) -> str:
     return os.path.abspath(d if os.path.isabs(d) else os.path.join(workdir, d))
 
 
+@contextlib.contextmanager
+def checkpoint_lock(ckdir: str, log: Any = None):
+    """Holds an exclusive ``flock`` on ``<ckdir>.lock`` (blocking), so that processes sharing one dense
+    checkpoint (sweep shards started together) train it once: the others wait, then restore it.
+
+    >>> import tempfile, os
+    >>> d = os.path.join(tempfile.mkdtemp(), 'dense')
+    >>> with checkpoint_lock(d):
+    ...     os.path.exists(d + '.lock')
+    True
+    """
+    os.makedirs(os.path.dirname(ckdir) or ".", exist_ok=True)
+    fd = os.open(ckdir + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log is not None:
+                log(f"waiting for another process to finish the checkpoint {ckdir}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 def dense_gpt(config: Any, corpus: Any, workdir: str) -> tuple[Any, Any, dict]:
     """The GPT of ``config`` and its dense params: restored from the checkpoint when its recorded
-    training fields match ``config``'s, else trained and saved. Returns ``(model, params, meta)``."""
+    training fields match ``config``'s, else trained and saved. Returns ``(model, params, meta)``.
+    The train-or-restore step runs under :func:`checkpoint_lock`."""
+    log = (lambda s: print(f"[jaxprune] lm {s}", file=sys.stderr, flush=True)) \
+        if _get(config, "progress") else None
+    with checkpoint_lock(_checkpoint_dir(config, workdir), log):
+        return _train_or_restore(config, corpus, workdir, log)
+
+
+def _train_or_restore(config: Any, corpus: Any, workdir: str, log: Any) -> tuple[Any, Any, dict]:
     import orbax.checkpoint as ocp  # slow to import; only runs that train or restore need it
 
     model = gpt_nano(corpus.tokenizer.vocab_size, _get(config, "context"), _get(config, "num_layers"),
@@ -217,8 +252,6 @@ def dense_gpt(config: Any, corpus: Any, workdir: str) -> tuple[Any, Any, dict]:
         like = model.init(jax.random.PRNGKey(0), jnp.zeros((1, model.context), jnp.int32))["params"]
         params = ocp.StandardCheckpointer().restore(ckdir, like)
         return model, params, {**meta, "restored": True}
-    log = (lambda s: print(f"[jaxprune] lm {s}", file=sys.stderr, flush=True)) \
-        if _get(config, "progress") else None
     params, done, secs = train_gpt(model, corpus.train, steps=_get(config, "steps"),
                                    batch_size=_get(config, "batch_size"),
                                    learning_rate=_get(config, "learning_rate"), seed=_get(config, "seed"),
