@@ -26,8 +26,8 @@ __all__ = ["main"]
 
 def _run(args: argparse.Namespace) -> int:
     from jaxprune.config import apply_overrides, load_config
-    from jaxprune.experiment import (check_workdir, format_result, resolve_dataset, train_and_evaluate,
-                                     validate_config)
+    from jaxprune.data import resolve_dataset
+    from jaxprune.experiment import check_workdir, format_result, train_and_evaluate, validate_config
 
     check_workdir(args.workdir)
     config = apply_overrides(load_config(args.config), args.overrides)
@@ -36,12 +36,8 @@ def _run(args: argparse.Namespace) -> int:
         with config.unlocked():
             config.progress = False
     if config.get("dataset") == "auto" and config.get("kind", "nn") == "nn":  # lm resolves its own
-        chosen = resolve_dataset("auto", config.get("data_dir"))
-        print(f"[jaxprune] dataset=auto -> {chosen}" + (
-            "" if chosen == "fashion_mnist" else
-            " (Fashion-MNIST files not found; `apt-get install dataset-fashion-mnist` or set "
-            "JAXPRUNE_DATA)"), file=sys.stderr)
-        config.dataset = chosen
+        config.dataset = resolve_dataset("auto", config.get("data_dir"),
+                                         note=lambda line: print(f"[jaxprune] {line}", file=sys.stderr))
     result = train_and_evaluate(config, args.workdir)
     print(format_result(result))
     print(f"[jaxprune] wrote {os.path.join(args.workdir, 'result.json')}")

@@ -24,8 +24,8 @@ import jaxprune.methods  # noqa: F401  (registers the training-time methods)
 from jaxprune.dtree.experiment import run_tree
 from jaxprune.errors import ConfigError
 from jaxprune.harness import (METHODS, SCHEMA_VERSION, MethodOutput, Run, check_workdir, cost_fields,
-                              format_result, get_method, make_run, register_method,
-                              resolve_dataset, result_fields, with_precision, write_result)
+                              format_result, get_method, make_run, register_method, result_fields,
+                              with_precision, write_result)
 from jaxprune.harness import preflight as preflight_nn
 from jaxprune.harness import validate_config as validate_nn_config
 from jaxprune.harness import prune as prune_params
@@ -34,7 +34,7 @@ from jaxprune.methods.quantized import quantize_stage
 from jaxprune.svm.experiment import run_svm
 from jaxprune.train.context import run_context_for
 
-__all__ = ["train_and_evaluate", "run_nn", "resolve_dataset", "Run", "METHODS", "register_method",
+__all__ = ["train_and_evaluate", "run_nn", "Run", "METHODS", "register_method",
            "make_run", "result_fields", "cost_fields", "prune_params", "validate_config", "format_result",
            "MethodOutput", "SCHEMA_VERSION", "KINDS", "check_workdir", "preflight"]
 

@@ -14,7 +14,7 @@ import jaxprune.data as jdata
 import jaxprune.harness.trainer as trainer_module
 from jaxprune.cli import main
 from jaxprune.errors import ConfigError, DataError
-from jaxprune.experiment import resolve_dataset
+from jaxprune.data import resolve_dataset
 from jaxprune.sweep.runner import append_record, hold_lock, read_records, repair_tail, run_sweep
 
 SEED = "experiments/configs/seed_mlp.py"

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1] / "jaxprune"
 # orbax before they are needed). (importing module, imported module) -> why.
 LAZY: dict[tuple[str, str], str] = {
     ("jaxprune.cli", "jaxprune.config"): "the CLI parses arguments before importing jax",
+    ("jaxprune.cli", "jaxprune.data"): "the CLI parses arguments before importing jax",
     ("jaxprune.cli", "jaxprune.errors"): "the CLI parses arguments before importing jax",
     ("jaxprune.cli", "jaxprune.experiment"): "the CLI parses arguments before importing jax",
     ("jaxprune.cli", "jaxprune.harness.results"): "the CLI parses arguments before importing jax",
@@ -30,6 +31,7 @@ LAZY: dict[tuple[str, str], str] = {
     ("jaxprune.cli", "jaxprune.sweep.runner"): "the CLI parses arguments before importing jax",
     ("jaxprune.cli", "jaxprune.sweep.spec"): "the CLI parses arguments before importing jax",
     ("jaxprune.demo", "jaxprune.cli"): "`python -m jaxprune.demo` parses its arguments before jax loads",
+    ("jaxprune.sweep.runner", "jaxprune.data"): "`jaxprune report` reads records without jax",
     ("jaxprune.sweep.runner", "jaxprune.experiment"): "`jaxprune report` reads records without jax",
     ("jaxprune.sweep.runner", "jaxprune.sweep.vmapped"): "`jaxprune report` reads records without jax",
     ("jaxprune.train.context", "jaxprune.train.checkpoint"): "orbax takes ~1 s to import",

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from jaxprune.config import load_config
-from jaxprune.harness import resolve_dataset
+from jaxprune.data import resolve_dataset
 from jaxprune.sweep import Sweep, cases, product, zip_
 
 

@@ -7,7 +7,8 @@ from jaxprune.data.idx import read_idx
 from jaxprune.data.iterate import Batch, batches, epoch_order, eval_batches, num_batches
 from jaxprune.data.mnist import ENV_VAR
 from jaxprune.data.preprocess import channel_stats, standardize
-from jaxprune.data.sources import DATASETS, DEFAULT_VALIDATION_SIZE, SPLITS, DatasetInfo, dataset_info, load
+from jaxprune.data.sources import (DATASETS, DEFAULT_VALIDATION_SIZE, SPLITS, DatasetInfo, dataset_info, load,
+                                   resolve_dataset)
 
 __all__ = [
     "DATASETS",
@@ -24,5 +25,6 @@ __all__ = [
     "load",
     "num_batches",
     "read_idx",
+    "resolve_dataset",
     "standardize",
 ]

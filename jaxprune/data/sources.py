@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import numbers
 import os
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
-from jaxprune.data.mnist import IDX_SETS, load_idx_set
+from jaxprune.data.mnist import ENV_VAR, IDX_SETS, load_idx_set
 from jaxprune.data.tfds_source import load_tfds, tfds_meta
-from jaxprune.errors import DataError
+from jaxprune.errors import DataError, DataNotFound
 
-__all__ = ["DATASETS", "SPLITS", "DEFAULT_VALIDATION_SIZE", "DatasetInfo", "dataset_info", "load"]
+__all__ = ["DATASETS", "SPLITS", "DEFAULT_VALIDATION_SIZE", "DatasetInfo", "dataset_info", "load",
+           "resolve_dataset"]
 
 SPLITS = ("train", "validation", "test")
 DATASETS = ("fashion_mnist", "mnist", "digits", "tfds:NAME")
@@ -164,3 +165,31 @@ def load(
     held_out[np.random.default_rng(seed).permutation(n_train)[:count]] = True
     keep = held_out if split == "validation" else ~held_out
     return images[keep], labels[keep]
+
+
+def resolve_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
+                    note: Callable[[str], None] | None = None) -> str:
+    """``'auto'`` -> ``'fashion_mnist'`` when its files are found, else ``'digits'``; others as given.
+
+    Only *absent* files fall back: a Fashion-MNIST file that is found but cannot be read is an error
+    naming it (a silent switch to another data set would change every number of the run). ``note``
+    receives one line saying what ``'auto'`` chose (and, on the fallback, how to get Fashion-MNIST).
+    The one place ``dataset='auto'`` is resolved (the CLI, sweeps and the harness call it).
+
+    >>> resolve_dataset('digits')
+    'digits'
+    >>> resolve_dataset('auto', '/nonexistent', note=print)
+    dataset=auto -> digits (Fashion-MNIST files not found; `apt-get install dataset-fashion-mnist` or set JAXPRUNE_DATA)
+    'digits'
+    """
+    if name != "auto":
+        return name
+    try:
+        load("fashion_mnist", "test", data_dir)
+        chosen = "fashion_mnist"
+    except DataNotFound:
+        chosen = "digits"
+    if note is not None:
+        note(f"dataset=auto -> {chosen}" + ("" if chosen == "fashion_mnist" else
+             f" (Fashion-MNIST files not found; `apt-get install dataset-fashion-mnist` or set {ENV_VAR})"))
+    return chosen

@@ -18,19 +18,19 @@ from jaxprune.harness.precision import BITS, F16_LOSS_SCALE, PolicyModel, rewrap
 from jaxprune.harness.registry import METHODS, MethodFn, get_method, register_method
 from jaxprune.harness.results import (SCHEMA_VERSION, check_workdir, cost_fields, format_result,
                                       plain_result, result_fields, write_result)
-from jaxprune.harness.run import Run, make_run, preflight, resolve_dataset, toy_config, toy_run
+from jaxprune.harness.run import Run, make_run, preflight, toy_config, toy_run
 from jaxprune.harness.schema import FIELDS, FieldSpec, method_fields, validate_fields
 from jaxprune.harness.steps import (accuracy, apply_and_evaluate, finetune_learning_rate, finetune_masked,
                                     masked_train, prune, run_structure, score_gradients, steps_per_epoch,
                                     train, train_dense)
 from jaxprune.harness.trainer import GroupDiverged, GroupTrainer, SequentialTrainer, Trainer, run_in_group
-from jaxprune.harness.validate import validate_config, validate_stages
+from jaxprune.harness.validate import validate_config, validate_model, validate_stages
 
 __all__ = ["MethodOutput", "BITS", "F16_LOSS_SCALE", "PolicyModel", "rewrap", "unwrap", "with_precision",
            "METHODS", "MethodFn", "get_method", "register_method", "SCHEMA_VERSION", "check_workdir",
            "cost_fields", "format_result", "plain_result", "result_fields", "write_result", "Run",
-           "make_run", "preflight", "resolve_dataset", "accuracy", "apply_and_evaluate",
+           "make_run", "preflight", "accuracy", "apply_and_evaluate",
            "finetune_learning_rate", "finetune_masked", "masked_train", "prune", "run_structure", "score_gradients",
            "steps_per_epoch", "train", "train_dense", "GroupDiverged", "GroupTrainer", "SequentialTrainer",
-           "Trainer", "run_in_group", "validate_config", "validate_stages", "FIELDS", "FieldSpec",
+           "Trainer", "run_in_group", "validate_config", "validate_model", "validate_stages", "FIELDS", "FieldSpec",
            "method_fields", "validate_fields", "toy_config", "toy_run"]

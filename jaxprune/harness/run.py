@@ -8,14 +8,13 @@ import jax
 import numpy as np
 
 from jaxprune import data as jdata
-from jaxprune.errors import DataNotFound
 from jaxprune.harness.schema import FIELDS
 from jaxprune.harness.steps import check_structure_fits
 from jaxprune.harness.trainer import SequentialTrainer, Trainer
 from jaxprune.harness.validate import validate_config
 from jaxprune.models import get_model, init_params
 
-__all__ = ["Run", "make_run", "preflight", "resolve_dataset", "toy_config", "toy_run"]
+__all__ = ["Run", "make_run", "preflight", "toy_config", "toy_run"]
 
 
 class Run(NamedTuple):
@@ -34,24 +33,6 @@ class Run(NamedTuple):
     trainer: Trainer = SequentialTrainer()
 
 
-def resolve_dataset(name: str, data_dir: str | None) -> str:
-    """``'auto'`` -> ``'fashion_mnist'`` when its files are found, else ``'digits'``; others as given.
-
-    Only *absent* files fall back: a Fashion-MNIST file that is found but cannot be read is an error
-    naming it (a silent switch to another data set would change every number of the run).
-
-    >>> resolve_dataset('digits', None)
-    'digits'
-    """
-    if name != "auto":
-        return name
-    try:
-        jdata.load("fashion_mnist", "test", data_dir)
-        return "fashion_mnist"
-    except DataNotFound:
-        return "digits"
-
-
 def make_run(config: Any, trainer: Trainer | None = None) -> Run:
     """Validates an ``nn`` config, loads its data and initialises its model (no training yet).
 
@@ -60,7 +41,7 @@ def make_run(config: Any, trainer: Trainer | None = None) -> Run:
     ((1438, 8, 8, 1), 'one_shot')
     """
     validate_config(config)
-    dataset = resolve_dataset(config.dataset, config.get("data_dir"))
+    dataset = jdata.resolve_dataset(config.dataset, config.get("data_dir"))
     if dataset != config.dataset:
         config = config.copy_and_resolve_references()
         with config.unlocked():

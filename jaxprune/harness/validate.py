@@ -8,11 +8,12 @@ from jaxprune.errors import ConfigError
 from jaxprune.harness.precision import BITS
 from jaxprune.harness.registry import METHODS
 from jaxprune.harness.schema import validate_fields
+from jaxprune.models import MODELS
 from jaxprune.neurons import CRITERIA
 from jaxprune.quant import get_policy
 from jaxprune.recipes import check_names, parse_structure
 
-__all__ = ["validate_config", "validate_stages"]
+__all__ = ["validate_config", "validate_model", "validate_stages"]
 
 
 def validate_config(config: Any) -> None:
@@ -31,7 +32,33 @@ def validate_config(config: Any) -> None:
         raise ConfigError(f"method={config.method!r} is unknown; known: {sorted(METHODS)}")
     check_names(config.scorer, config.allocation)
     parse_structure(config.structure)
+    validate_model(config)
     validate_stages(config)
+
+
+def validate_model(config: Any) -> None:
+    """``model`` names a registered classifier (:data:`jaxprune.models.MODELS`, not a tokens model),
+    with a shrink plan where ``shrink`` or a unit ``criterion`` needs one.
+
+    >>> import ml_collections
+    >>> validate_model(ml_collections.ConfigDict({'model': 'gpt'}))
+    Traceback (most recent call last):
+    ...
+    jaxprune.errors.ConfigError: config field 'model'='gpt' takes token ids (a language model): run it with kind='lm', or pick an image classifier: ...
+    """
+    name = config.get("model")
+    entry = MODELS.get(name) if isinstance(name, str) else None
+    classifiers = sorted(n for n, e in MODELS.items() if e.inputs != "tokens")
+    if entry is None:
+        raise ConfigError(f"config field 'model' must be one of {classifiers}, got {name!r}")
+    if entry.inputs == "tokens":
+        raise ConfigError(f"config field 'model'={name!r} takes token ids (a language model): run it with "
+                          f"kind='lm', or pick an image classifier: {classifiers}")
+    g = config.get
+    if entry.shrink_plan is None and (g("shrink", False) or g("criterion", "none") != "none"):
+        raise ConfigError(f"config fields 'shrink' and 'criterion' need a model with a shrink plan; "
+                          f"model={name!r} has none (register one: jaxprune.models.register_model(..., "
+                          "shrink_plan=...))")
 
 
 def validate_stages(config: Any) -> None:

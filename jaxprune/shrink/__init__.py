@@ -3,20 +3,20 @@
 Pipeline: element masks (``topk_masks(..., structure=Neurons(outputs=...))``) or unit scores -> :func:`unit_masks`
 / :func:`unit_masks_from_scores` -> :func:`shrink` -> a smaller linen model and variables; measure
 with :func:`flops`, :func:`macs`, :func:`param_count`, :func:`param_bytes`, :func:`latency_ms`.
-Supported: MLP, LeNet5, SmallCNN, ResNet20 (inner conv of each block only). The cost measures take
-any linen model (full variables or bare params) or nnx module; ``macs`` counts every matmul of the
-traced forward, attention's QKᵀ and AV included. See ``docs/shrink.md``.
+Supported: every registered model with a shrink plan (the zoo: MLP, LeNet5, SmallCNN, ResNet20 with
+the inner conv of each block only). The cost measures take any linen model (full variables or bare
+params) or nnx module; ``macs`` counts every matmul of the traced forward, attention's QKᵀ and AV
+included. See ``docs/shrink.md``.
 """
 
 from jaxprune.shrink.cost import flops, latency_ms, macs, param_bytes, param_count
-from jaxprune.shrink.plans import SUPPORTED, Edge, Plan, plan_for
+from jaxprune.shrink.plans import Edge, Plan, plan_for
 from jaxprune.shrink.surgery import shrink, unit_means
 from jaxprune.shrink.units import removal_masks, unit_masks, unit_masks_from_scores
 
 __all__ = [
     "Edge",
     "Plan",
-    "SUPPORTED",
     "flops",
     "latency_ms",
     "macs",

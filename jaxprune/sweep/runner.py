@@ -214,7 +214,7 @@ def resolve_auto_dataset(configs: Sequence[ml_collections.ConfigDict],
                          note: Callable[[str], None] | None = None) -> list[ml_collections.ConfigDict]:
     """Copies of ``configs`` with ``dataset='auto'`` replaced by the data set it picks here, so a run's
     key names the data it trained on. ``note`` receives one line per distinct choice."""
-    from jaxprune.experiment import resolve_dataset
+    from jaxprune.data import resolve_dataset
 
     chosen: dict[Any, str] = {}
     out = []
@@ -222,12 +222,7 @@ def resolve_auto_dataset(configs: Sequence[ml_collections.ConfigDict],
         if config.get("dataset") == "auto":
             data_dir = config.get("data_dir")
             if data_dir not in chosen:
-                chosen[data_dir] = resolve_dataset("auto", data_dir)
-                if note is not None:
-                    note(f"dataset=auto -> {chosen[data_dir]}" + (
-                        "" if chosen[data_dir] == "fashion_mnist" else
-                        " (Fashion-MNIST files not found; `apt-get install dataset-fashion-mnist` "
-                        "or set JAXPRUNE_DATA)"))
+                chosen[data_dir] = resolve_dataset("auto", data_dir, note=note)
             config = ml_collections.ConfigDict(config.to_dict())
             config.dataset = chosen[data_dir]
         out.append(config)

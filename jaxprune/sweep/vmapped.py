@@ -21,13 +21,14 @@ costs). The group trains with the first run's update rule, so :data:`SUPPORTED_M
 methods whose runs differ in optimizer *state* (masks), never in the transformation itself.
 
 Grouping rule (:func:`vmap_groups`): same config except ``seed``, ``sparsity`` and ``progress``;
-``kind='nn'``; method in :data:`SUPPORTED_METHODS`; model in :data:`GROUP_MODELS`; no neuron/channel
-structure, ``precision='f32'``, ``quantize='none'``, no mesh, no checkpoints. Every other config runs
-alone through :func:`jaxprune.experiment.train_and_evaluate`.
+``kind='nn'``; method in :data:`SUPPORTED_METHODS`; a model registered ``groupable``
+(:func:`jaxprune.models.groupable_models`); no neuron/channel structure, ``precision='f32'``,
+``quantize='none'``, no mesh, no checkpoints. Every other config runs alone through
+:func:`jaxprune.experiment.train_and_evaluate`.
 
 Equality with the same runs done one by one (XLA:CPU, jax 0.10.2; measurements in docs/vmapped.md):
 
-* ``'scan'`` is bit-identical to ``fit`` for the MLPs of :data:`GROUP_MODELS` (the whole result
+* ``'scan'`` is bit-identical to ``fit`` for the groupable MLPs of the zoo (the whole result
   dict, ``fit_sha256`` included; checked over a full Fashion-MNIST epoch), and the faster of the two
   on a 2-core CPU.
 * ``'vmap'`` is not. The matmuls are bit-identical under ``vmap``, but XLA picks a reduction kernel by
@@ -51,16 +52,14 @@ from jaxprune import experiment
 from jaxprune.errors import ConfigError
 from jaxprune.harness import (SCHEMA_VERSION, GroupTrainer, check_workdir, make_run, plain_result,
                               run_in_group, validate_config, with_precision, write_result)
+from jaxprune.models import MODELS, groupable_models
 from jaxprune.train.group import STRATEGIES, fit_group
 from jaxprune.train.context import run_context
 
-__all__ = ["SUPPORTED_METHODS", "GROUP_MODELS", "STRATEGIES", "vmap_groups", "run_group", "fit_group"]
+__all__ = ["SUPPORTED_METHODS", "STRATEGIES", "vmap_groups", "run_group", "fit_group"]
 
 SUPPORTED_METHODS = ("none", "one_shot", "global_one_shot", "static_sparse")
 """Methods a group can train (their masks are fixed during training, so one update rule fits all)."""
-
-GROUP_MODELS = ("tutorial_mlp", "lenet300", "mlp")
-"""Models whose grouped training was checked against the one-by-one runs (dense layers only)."""
 
 _VARYING = ("seed", "sparsity", "progress")
 # Fields whose other values change what a run does in ways a group does not replicate.
@@ -97,7 +96,9 @@ def _unsupported(config: Any) -> str | None:
             return f"{key}={config.get(key)!r}"
     if config.get("method") not in SUPPORTED_METHODS:
         return f"method={config.get('method')!r}"
-    if config.get("model") not in GROUP_MODELS:
+    name = config.get("model")
+    entry = MODELS.get(name) if isinstance(name, str) else None
+    if entry is None or not entry.groupable:  # registered groupable: checked against one-by-one runs
         return f"model={config.get('model')!r}"
     if config.get("structure") in _STRUCTURED:
         return f"structure={config.get('structure')!r}"
@@ -112,9 +113,8 @@ def vmap_groups(configs: Sequence[Any]) -> list[list[int]]:
     """Partitions config indices into groups that :func:`run_group` can train together.
 
     Two configs share a group when they are equal except for ``seed``, ``sparsity`` and ``progress``
-    and both are supported (``kind='nn'``, a method in :data:`SUPPORTED_METHODS`, a model in
-    :data:`GROUP_MODELS`, f32, no quantization, no neuron/channel structure, no mesh, no
-    checkpoints). Unsupported configs are singletons. Groups are ordered by their first index;
+    and both are supported (``kind='nn'``, a method in :data:`SUPPORTED_METHODS`, a groupable model,
+    f32, no quantization, no neuron/channel structure, no mesh, no checkpoints). Unsupported configs are singletons. Groups are ordered by their first index;
     indices keep their order within a group.
 
     Example:
@@ -159,7 +159,7 @@ def _check_group(configs: Sequence[Any]) -> None:
         why = _unsupported(config)
         if why is not None:
             raise ConfigError(f"configs[{i}] cannot be trained in a group: {why} (supported methods: "
-                              f"{', '.join(SUPPORTED_METHODS)}; models: {', '.join(GROUP_MODELS)}); "
+                              f"{', '.join(SUPPORTED_METHODS)}; models: {', '.join(groupable_models())}); "
                               "run it alone")
         field = _first_difference(configs[0], config)
         if field is not None:
