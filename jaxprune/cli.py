@@ -17,9 +17,11 @@ by XLA's per-step buffers for reuse; ``JAXPRUNE_MALLOC=default`` turns it off).
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 __all__ = ["main"]
 
@@ -115,6 +117,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _QuietAfterDiskFull(logging.Filter):
+    """Drops log records about a full disk, and every record after the first one: orbax's background
+    save threads then fail one after another, each logging a traceback (~360 lines), which would bury
+    the one ``error:`` line. Any other record passes."""
+
+    def __init__(self, disk_full: Callable[[Optional[BaseException]], Optional[OSError]]):
+        super().__init__()
+        self.disk_full, self.full = disk_full, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.full:
+            exc = record.exc_info[1] if record.exc_info else None
+            self.full = self.disk_full(exc) is not None or f"[Errno {errno.ENOSPC}]" in record.getMessage()
+        return not self.full
+
+
+def _error_line(message: str) -> None:
+    # One line, whatever the message: the first line of stderr that says `error:` is all of it.
+    print("error: " + " ".join(line.strip() for line in message.splitlines() if line.strip()),
+          file=sys.stderr, flush=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``jaxprune`` console script."""
     parser = build_parser()
@@ -125,8 +149,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from jaxprune.errors import JaxpruneError
+    from jaxprune.errors import JaxpruneError, disk_full
 
+    quiet = _QuietAfterDiskFull(disk_full)
+    absl_log, unraisable = logging.getLogger("absl"), sys.unraisablehook  # orbax logs through absl
+    absl_log.addFilter(quiet)
+    # orbax's event loops, closed under a failed save, leave "Event loop is closed" tracebacks that
+    # Python reports as unraisable (some while the process exits): after a full disk they are noise.
+    sys.unraisablehook = lambda hook_args: None if quiet.full else unraisable(hook_args)
     try:
         from jaxprune.hostmem import keep_freed_memory
         keep_freed_memory()
@@ -134,13 +164,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except JaxpruneError as err:  # the kit's own errors: bad input, not a bug (those keep a traceback)
         if os.environ.get("JAXPRUNE_DEBUG") == "1":
             raise
-        # One line, whatever the message: the first line of stderr that says `error:` is all of it.
-        print("error: " + " ".join(line.strip() for line in str(err).splitlines() if line.strip()),
-              file=sys.stderr)
+        _error_line(str(err))
+        return 2
+    except Exception as err:  # noqa: BLE001 - only a full disk is handled; anything else re-raises
+        full = disk_full(err)
+        if full is None or os.environ.get("JAXPRUNE_DEBUG") == "1":
+            raise
+        quiet.full = True  # what orbax's threads still log while the process ends is dropped too
+        _error_line(f"no space left on device (writing {full.filename or 'a file'!s}); free space "
+                    "there and run the command again (a sweep skips the runs it has recorded)")
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if not quiet.full:  # after a full disk both stay: the process is ending, quietly
+            absl_log.removeFilter(quiet)
+            sys.unraisablehook = unraisable
 
 
 if __name__ == "__main__":

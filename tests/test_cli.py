@@ -1,10 +1,13 @@
+import errno
 import json
+import logging
 import subprocess
 import sys
 
 import pytest
 
 import jaxprune as jp
+import jaxprune.experiment
 from jaxprune.cli import main
 from jaxprune.config import apply_overrides, load_config
 
@@ -60,3 +63,55 @@ def test_config_overrides_and_types():
         apply_overrides(c, ["sparsity"])
     with pytest.raises(jp.ConfigError, match="does not exist"):
         load_config("nope.py")
+
+
+# A full disk: one `error:` line, last, exit 2, not ~360 lines of orbax's background-thread logs. The
+# orbax case runs in a subprocess, as a user sees it: what the process prints while it exits counts.
+_ENOSPC_RUN = r"""
+import errno, os, sys
+from etils import epath
+
+def full(self, *args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+epath.Path.write_text = epath.Path.write_bytes = full  # every file orbax writes from Python
+from jaxprune.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_disk_full_during_checkpointing_is_one_error_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _ENOSPC_RUN, "run", SEED, "dataset=digits", "epochs=1",
+                           "finetune_epochs=0", "batch_size=128", "checkpoint_every=5", "latency_batch=0",
+                           "--no-progress", "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) <= 3 and lines[-1].startswith("error: no space left on device"), proc.stderr[-3000:]
+    assert [line for line in lines if line.startswith("error:")] == lines[-1:]
+    assert "Traceback" not in proc.stderr and "ERROR:absl" not in proc.stderr
+
+
+@pytest.fixture
+def restore_log_hooks():
+    """After a full disk ``main`` leaves the absl filter and a quiet unraisable hook in place (the
+    process is ending); an in-process test puts them back."""
+    absl_log = logging.getLogger("absl")
+    filters, hook = list(absl_log.filters), sys.unraisablehook
+    yield
+    absl_log.filters[:] = filters
+    sys.unraisablehook = hook
+
+
+def test_disk_full_writing_the_result_is_one_error_line(tmp_path, capsys, monkeypatch, restore_log_hooks):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "result.json.tmp"))
+
+    monkeypatch.setattr(jaxprune.experiment, "train_and_evaluate", full)
+    assert main(["run", SEED, "dataset=digits", "--no-progress", "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: no space left on device (writing {tmp_path / 'result.json.tmp'}); free space "
+                   "there and run the command again (a sweep skips the runs it has recorded)"]
+    monkeypatch.setenv("JAXPRUNE_DEBUG", "1")
+    with pytest.raises(OSError, match="No space"):
+        main(["run", SEED, "dataset=digits", "--no-progress", "--workdir", str(tmp_path)])

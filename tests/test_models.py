@@ -32,8 +32,8 @@ from jaxprune.models import (
     groupable_models,
     init_params,
     model_entry,
-    takes_train,
     to_nnx,
+    train_kwargs,
 )
 from jaxprune.shrink import plan_for, removal_masks, shrink
 from jaxprune.shrink.plans import layer_params
@@ -200,7 +200,7 @@ def test_every_entry_builds_in_linen_and_nnx_with_one_param_tree(name):
     twin = nnx.eval_shape(lambda: get_nnx_model(name, 13, shape, rngs=nnx.Rngs(0)))
     assert shapes_by_path(nnx.state(twin, nnx.Param)) == shapes_by_path(variables["params"]), name
     out = jax.eval_shape(lambda: model.apply(jax.tree.map(jnp.zeros_like, variables), x,
-                                             **({"train": False} if takes_train(model) else {})))
+                                             **train_kwargs(model)))
     assert out.shape[0] == 2 and out.shape[-1] == 13
 
 
@@ -231,7 +231,7 @@ def test_entries_with_a_shrink_plan_shrink(name):
     small_model, small = shrink(model, variables, keep)
     masks = removal_masks(model, variables, keep)
     masked = jax.tree.map(lambda v, m: v * m, variables, masks)
-    kwargs = {"train": False} if takes_train(model) else {}
+    kwargs = train_kwargs(model)
     chex.assert_trees_all_close(small_model.apply(small, x, **kwargs), model.apply(masked, x, **kwargs),
                                 atol=1e-5)
     assert sum(int(np.size(v)) for v in jax.tree.leaves(small)) < sum(

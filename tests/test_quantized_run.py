@@ -9,7 +9,8 @@ import pytest
 from jaxprune.config import apply_overrides, load_config
 from jaxprune.errors import ConfigError
 from jaxprune.experiment import METHODS, make_run, train_and_evaluate
-from jaxprune.methods.quantized import F16_LOSS_SCALE, PolicyModel, quantize_stage, with_precision
+from jaxprune.harness.precision import F16_LOSS_SCALE, PolicyModel, with_precision
+from jaxprune.methods.quantized import quantize_stage
 from jaxprune.models import MLP, init_params
 from jaxprune.quant import get_policy, quantize
 

@@ -50,7 +50,7 @@ def validate_model(config: Any) -> None:
     entry = MODELS.get(name) if isinstance(name, str) else None
     classifiers = sorted(n for n, e in MODELS.items() if e.inputs != "tokens")
     if entry is None:
-        raise ConfigError(f"config field 'model' must be one of {classifiers}, got {name!r}")
+        raise ConfigError(f"config field 'model': unknown model {name!r}; known: {classifiers}")
     if entry.inputs == "tokens":
         raise ConfigError(f"config field 'model'={name!r} takes token ids (a language model): run it with "
                           f"kind='lm', or pick an image classifier: {classifiers}")

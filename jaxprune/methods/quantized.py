@@ -1,11 +1,7 @@
-"""Mixed precision and quantization for ``jaxprune run``: ``precision=``, ``quantize=``, ``qat_epochs=``.
+"""The quantization stage of ``jaxprune run``: ``quantize=``, ``qat_epochs=``.
 
-* ``precision=bf16|f16``: the whole run computes in half precision while params, optimizer state and
-  logits stay float32 (:class:`PolicyModel`). float16 adds *static* loss scaling (the loss gradient is
-  multiplied by :data:`F16_LOSS_SCALE` in the backward pass, the float32 gradients divided by it, and
-  gradient entries that overflowed set to 0 — a static scale, not jmp's dynamic one, so that every
-  method's optimizer stays as it is). Evaluation uses the same
-  policy, so the reported accuracy is that of the half-precision model.
+* ``precision=bf16|f16`` (mixed precision) is the harness's model wrapper, not a stage:
+  :mod:`jaxprune.harness.precision` (``PolicyModel``, ``with_precision``, ``unwrap``, ``rewrap``).
 * ``quantize=int8|int4``: after the method (and its fine-tuning), ``qat_epochs`` of pruning-preserving
   quantization-aware training (PQAT: fake-quant forward with straight-through gradients, masked Adam so
   pruned weights stay exactly 0), then symmetric per-output-channel post-training quantization of the
@@ -21,10 +17,10 @@ import optax
 
 from jaxprune.errors import ConfigError
 from jaxprune.harness import MethodOutput, Run, accuracy, finetune_learning_rate, masked_train
-from jaxprune.harness.precision import BITS, F16_LOSS_SCALE, PolicyModel, rewrap, unwrap, with_precision
+from jaxprune.harness.precision import BITS
 from jaxprune.quant import dequantize, fake_quant_tree, quantize
 
-__all__ = ["PolicyModel", "with_precision", "quantize_stage", "unwrap", "rewrap", "BITS", "F16_LOSS_SCALE"]
+__all__ = ["quantize_stage"]
 
 
 def quantize_stage(run: Run, out: MethodOutput) -> MethodOutput:

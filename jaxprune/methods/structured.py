@@ -28,17 +28,13 @@ from jaxprune.errors import ConfigError
 from jaxprune.harness import (MethodOutput, Run, accuracy, finetune_learning_rate, finetune_masked, rewrap,
                               score_gradients, train, train_dense, unwrap)
 from jaxprune.masks import apply_masks, summary
-from jaxprune.models.common import takes_train
+from jaxprune.models.common import train_kwargs
 from jaxprune.neurons import CRITERIA, collect_activation_stats, get_criterion
 from jaxprune.shrink import plan_for, removal_masks, shrink, unit_masks_from_scores
 
 __all__ = ["structured_one_shot", "unit_scores", "STRUCTURED"]
 
 STRUCTURED = ("neurons", "channels")
-
-
-def _model_kwargs(model: Any) -> dict:
-    return {"train": False} if takes_train(model) else {}
 
 
 def _calibration(run: Run) -> list:
@@ -63,7 +59,7 @@ def unit_scores(run: Run, params: Any, model_state: Any, criterion: str,
     if "stats" in inputs or run.config.mean_replacement:
         variables = {"params": params, **model_state}
         base = unwrap(run.model)
-        stats = collect_activation_stats(base, variables, _calibration(run), **_model_kwargs(base))
+        stats = collect_activation_stats(base, variables, _calibration(run), **train_kwargs(base))
     given: dict[str, Any] = {}
     if "stats" in inputs:
         given["stats"] = stats

@@ -15,6 +15,7 @@ from jaxprune.models.common import (
     sow_activation,
     sow_activation_nnx,
     takes_train,
+    train_kwargs,
 )
 from jaxprune.models.linen import MLP, LeNet5, SmallCNN, lenet300, tutorial_mlp
 from jaxprune.models.nnx_models import NnxLeNet5, NnxMLP, NnxSmallCNN, to_nnx
@@ -52,5 +53,6 @@ __all__ = [
     "sow_activation_nnx",
     "takes_train",
     "to_nnx",
+    "train_kwargs",
     "tutorial_mlp",
 ]

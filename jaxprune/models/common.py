@@ -97,8 +97,7 @@ def init_params(model: nn.Module, key: jax.Array, input_shape: Sequence[int], **
     shape = tuple(int(d) for d in input_shape)
     if len(shape) < 2:
         raise PruningError(f"init_params: input_shape must include the batch axis, got {shape}")
-    if takes_train(model) and "train" not in kwargs:
-        kwargs["train"] = False
+    kwargs = {**train_kwargs(model), **kwargs}
     variables = jax.jit(lambda k, x: model.init(k, x, **kwargs))(key, jnp.zeros(shape, jnp.float32))
     return {col: tree for col, tree in variables.items() if col != ACTIVATIONS}
 
@@ -111,3 +110,14 @@ def takes_train(model: Any) -> bool:
     (False, True)
     """
     return "train" in inspect.signature(type(model).__call__).parameters
+
+
+def train_kwargs(model: Any, train: bool = False) -> dict:
+    """``{'train': train}`` for a model that takes ``train`` (:func:`takes_train`), else ``{}``: the
+    keyword arguments of a call in training or inference mode.
+
+    >>> from jaxprune.models import MLP, ResNet20
+    >>> train_kwargs(MLP((4, 2))), train_kwargs(ResNet20(), True)
+    ({}, {'train': True})
+    """
+    return {"train": train} if takes_train(model) else {}

@@ -20,7 +20,7 @@ from flax import linen as nn
 from flax import nnx
 
 from jaxprune.errors import PruningError
-from jaxprune.models.common import takes_train, flatten_examples, sow_activation_nnx
+from jaxprune.models.common import flatten_examples, sow_activation_nnx, train_kwargs
 
 
 class NnxMLP(nnx.Module):
@@ -129,7 +129,6 @@ def to_nnx(model: nn.Module, input_shape: Sequence[int], *, rngs: nnx.Rngs, **kw
     """
     if not isinstance(model, nn.Module):
         raise PruningError(f"to_nnx: model must be a flax.linen.Module, got {type(model).__name__}")
-    if takes_train(model) and "train" not in kwargs:
-        kwargs["train"] = False
+    kwargs = {**train_kwargs(model), **kwargs}
     x = jnp.zeros(tuple(int(d) for d in input_shape), jnp.float32)
     return nnx.bridge.ToNNX(model, rngs=rngs).lazy_init(x, **kwargs)

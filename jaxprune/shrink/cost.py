@@ -34,7 +34,7 @@ from flax import linen as nn
 from flax import nnx
 
 from jaxprune.errors import PruningError
-from jaxprune.models.common import takes_train
+from jaxprune.models.common import train_kwargs
 
 __all__ = ["flops", "macs", "param_count", "param_bytes", "latency_ms"]
 
@@ -53,8 +53,7 @@ def _forward(model: Any, variables: Any, kwargs: dict, fn: str) -> tuple[Callabl
                            f"bare params), got {type(variables).__name__}")
     if "params" not in variables:
         variables = {"params": variables}  # bare params, as an optax loop holds them
-    if takes_train(model) and "train" not in kwargs:
-        kwargs = {**kwargs, "train": False}  # inference cost: BatchNorm uses its running statistics
+    kwargs = {**train_kwargs(model), **kwargs}  # inference cost: BatchNorm uses its running statistics
 
     def call(v, x):
         try:

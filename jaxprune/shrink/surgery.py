@@ -21,7 +21,7 @@ import numpy as np
 from flax import linen as nn
 
 from jaxprune.errors import PruningError
-from jaxprune.models.common import takes_train
+from jaxprune.models.common import train_kwargs
 from jaxprune.neurons.stats import UnitStats, UnitSummary
 from jaxprune.shrink.plans import Edge, layer_params, plan_for, resolve_units
 
@@ -177,7 +177,7 @@ def _conv_responses(model: nn.Module, variables: Mapping, input_shape: Sequence[
     removed channels would have added there, border taps included; the spatial mean is the best
     (least-squares) constant a bias can carry. Found by intercepting the consumers in one forward.
     """
-    kwargs = {"train": False} if takes_train(model) else {}
+    kwargs = train_kwargs(model)
 
     def run(v: Mapping) -> dict:
         found = {}

@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from jaxprune.data import batches, eval_batches, num_batches
-from jaxprune.models.common import takes_train
+from jaxprune.models.common import train_kwargs
 from jaxprune.train.checkpoint import (CheckpointWarning, PhaseCheckpoint, Preempted, open_manager,
                                        preemption_guard, restore_phase, save_phase, tree_sha256)
 from jaxprune.train.context import current_run
@@ -68,7 +68,7 @@ def call_model(model: Any, params: Any, model_state: Any, x: jax.Array, train: b
     (1, 2)
     """
     variables = {"params": params, **model_state}
-    kwargs = {"train": train} if takes_train(model) else {}
+    kwargs = train_kwargs(model, train)
     if train and model_state:
         logits, new_state = model.apply(variables, x, mutable=list(model_state), **kwargs)
         return logits, dict(new_state)
