@@ -207,16 +207,6 @@ def test_workdir_of_another_config_is_refused(tmp_path):
         check_run_config({"seed": 0, "epochs": 4}, tmp_path)
 
 
-@pytest.mark.parametrize("name", ["checkpoint", "context", "parallel"])
-def test_docstring_examples(name):
-    import doctest
-    import importlib
-
-    module = importlib.import_module(f"jaxprune.train.{name}")
-    result = doctest.testmod(module)
-    assert result.attempted > 0 and result.failed == 0
-
-
 # --------------------------------------------------------------------------- jaxprune run, end to end
 
 ARGS = ["experiments/configs/seed_mlp.py", "dataset=digits", "epochs=3", "finetune_epochs=2",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import gzip
 import importlib.util
 import os
@@ -27,12 +26,7 @@ from jaxprune.data import (
     read_idx,
     standardize,
 )
-from jaxprune.data import idx as idx_module
-from jaxprune.data import iterate as iterate_module
 from jaxprune.data import mnist as mnist_module
-from jaxprune.data import preprocess as preprocess_module
-from jaxprune.data import sources as sources_module
-from jaxprune.data import tfds_source as tfds_module
 from jaxprune.errors import DataError
 
 DEBIAN_FASHION = "/usr/share/datasets/fashion-mnist"
@@ -466,11 +460,3 @@ def test_standardize_uses_given_stats():
     assert not flat.any()  # a constant channel is centred, not divided by zero
     with pytest.raises(DataError, match="must both have shape"):
         standardize(x, mean[:2], std)
-
-
-@pytest.mark.parametrize(
-    "module", [idx_module, iterate_module, preprocess_module, sources_module, tfds_module, mnist_module]
-)
-def test_docstring_examples(module):
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0

@@ -1,6 +1,5 @@
 """Tests for jaxprune.dtree: array decision trees, cost-complexity / reduced-error pruning as node masks."""
 
-import doctest
 import functools
 import importlib
 import itertools
@@ -440,10 +439,3 @@ def test_tree_digits_config_runs_and_bad_config():
             run_tree({field: bad})
     with pytest.raises(ConfigError, match="validation_fraction must be > 0"):
         run_tree({"method": "reduced_error", "validation_fraction": 0.0})
-
-
-@pytest.mark.parametrize("module", ["tree", "masks", "predict", "pruning", "cart", "experiment"])
-def test_docstring_examples(module):
-    mod = importlib.import_module(f"jaxprune.dtree.{module}")
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and (result.attempted > 0 or module == "experiment")

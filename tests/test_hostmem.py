@@ -76,10 +76,3 @@ def test_cli_applies_it(monkeypatch, tmp_path):
     monkeypatch.setattr(hostmem, "keep_freed_memory", lambda: calls.append(1) or True)
     assert cli.main(["report", str(tmp_path / "missing")]) == 2  # a user error, after the setting
     assert calls == [1]
-
-
-def test_docstring_examples():
-    import doctest
-
-    result = doctest.testmod(hostmem)
-    assert result.attempted >= 2 and result.failed == 0

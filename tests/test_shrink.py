@@ -4,7 +4,6 @@ Variables are drawn with numpy over ``jax.eval_shape`` shapes (no init compilati
 biases and BatchNorm statistics so a wrong row/channel mapping cannot hide behind zeros.
 """
 
-import doctest
 import math
 
 import chex
@@ -340,13 +339,6 @@ def test_mean_replacement_errors():
         shrink(model, v, keep, mean_replacement={"Dense_2": np.zeros(10)})
     with pytest.raises(PruningError, match="'Dense_0' has shape"):
         shrink(model, v, keep, mean_replacement={"Dense_0": np.zeros(3)})
-
-
-@pytest.mark.parametrize("module", [jaxprune.shrink.units, jaxprune.shrink.surgery,
-                                    jaxprune.shrink.plans, jaxprune.shrink.cost])
-def test_doctests(module):
-    result = doctest.testmod(module, extraglobs={"jax": jax, "jnp": jnp, "np": np})
-    assert result.failed == 0 and result.attempted > 0
 
 
 class _Looped(nn.Module):

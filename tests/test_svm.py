@@ -1,6 +1,5 @@
 """Linear SVM (jaxprune.svm): training, pruning, masked fine-tuning, saliency gradients, the experiment."""
 
-import doctest
 import importlib
 import importlib.util
 import pathlib
@@ -234,10 +233,3 @@ def test_train_and_evaluate_dispatches_svm(tmp_path):
 def test_bad_config_names_the_field(field, bad):
     with pytest.raises(ConfigError, match=field):
         run_svm({field: bad})
-
-
-@pytest.mark.parametrize("module", ["model", "pruning", "experiment"])
-def test_docstring_examples(module):
-    mod = importlib.import_module(f"jaxprune.svm.{module}")
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0

@@ -440,13 +440,3 @@ def test_cli_report_and_user_errors(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("error:") and message in err and "Traceback" not in err, err
-
-
-@pytest.mark.parametrize("name", ["spec", "runner", "report"])
-def test_docstring_examples_run(name, monkeypatch):
-    import doctest
-    import importlib
-    monkeypatch.chdir(ROOT)
-    module = importlib.import_module(f"jaxprune.sweep.{name}")
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0

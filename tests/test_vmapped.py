@@ -5,7 +5,6 @@
 where the rounding has not yet grown: close weights, identical masks and accuracies.
 """
 
-import doctest
 import json
 
 import jax
@@ -21,7 +20,6 @@ from jaxprune.errors import ConfigError
 from jaxprune.experiment import METHODS, make_run, train_and_evaluate
 from jaxprune.harness import GroupTrainer, run_in_group
 from jaxprune.models import get_model, init_params
-from jaxprune.sweep import vmapped
 from jaxprune.train import group
 from jaxprune.sweep.vmapped import fit_group, run_group, vmap_groups
 from jaxprune.train import create_train_state, fit, masked
@@ -100,12 +98,6 @@ def test_fit_group_argument_errors():
     other = create_train_state(init_params(wider, jax.random.PRNGKey(0), (1, 2)), tx)
     with pytest.raises(ConfigError, match=r"states\[1\] does not match states\[0\]"):
         fit_group(m, [st, other], tx, [(x, y)] * 2, epochs=1, batch_size=4, seeds=[0, 1])
-
-
-def test_doctests():
-    assert doctest.testmod(vmapped).failed == 0
-    result = doctest.testmod(group)  # fit_group's and _chunk_size's examples
-    assert result.failed == 0 and result.attempted > 0
 
 
 # ------------------------------------------------------------------------------------------ training

@@ -36,6 +36,7 @@ class Run(NamedTuple):
 def make_run(config: Any, trainer: Trainer | None = None) -> Run:
     """Validates an ``nn`` config, loads its data and initialises its model (no training yet).
 
+    >>> import jaxprune.methods  # registers the methods (the harness never imports them)
     >>> run = make_run(toy_config(dataset='digits'))  # scikit-learn's bundled digits
     >>> run.train[0].shape, run.config.method
     ((1438, 8, 8, 1), 'one_shot')
