@@ -2,7 +2,7 @@
 
     jaxprune run CONFIG [key=value ...] --workdir DIR
     jaxprune sweep SWEEP_FILE --workdir DIR [key=value ...] [--shard I/N] [--no-vmap] [--no-progress]
-    jaxprune report DIR [--best] [--max-drop PP] [--log-x]
+    jaxprune report DIR [--best] [--max-drop PP] [--max-ppl-increase PCT] [--log-x]
 
 User errors (bad config, unknown dataset, missing files, bad values: :class:`~jaxprune.errors.
 JaxpruneError`) print one ``error:`` line and exit with status 2, without a traceback; any other
@@ -77,7 +77,7 @@ def _report(args: argparse.Namespace) -> int:
     print(rep.table)
     if args.best:
         print()
-        for best in best_strategy(rep.rows, max_drop=args.max_drop):
+        for best in best_strategy(rep.rows, max_drop=args.max_drop, max_increase=args.max_ppl_increase):
             print(best.line())
     print()
     print(f"[jaxprune] wrote {rep.csv}, {rep.markdown}")
@@ -108,9 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="summary.csv, report.md and plots of a sweep directory")
     report.add_argument("dir", help="the sweep's --workdir")
     report.add_argument("--best", action="store_true",
-                        help="print the most compressed strategy within --max-drop of dense, per model")
+                        help="print the most compressed strategy within --max-drop (LM: --max-ppl-increase) of dense, per model")
     report.add_argument("--max-drop", type=float, default=1.0, metavar="PP",
                         help="allowed accuracy drop in percentage points (default 1.0)")
+    report.add_argument("--max-ppl-increase", type=float, default=5.0, metavar="PCT",
+                        help="language-model sweeps: allowed validation-perplexity increase over dense, "
+                             "in percent (default 5.0)")
     report.add_argument("--log-x", action="store_true",
                         help="plot remaining weights (%%) on a log axis (lottery-ticket style)")
     report.set_defaults(func=_report)

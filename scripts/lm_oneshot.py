@@ -3,9 +3,12 @@
 Trains (or restores from ``<workdir>/dense``, an orbax checkpoint) the 4-layer, 4-head, width-128,
 context-64 GPT, then prunes it with magnitude / Wanda / SparseGPT from 128 calibration windows of the
 training split, and prints a markdown table of validation loss and perplexity, dense vs pruned, plus
-a few generated lines. Writes ``<workdir>/result.json``.
+a few generated lines. Writes ``<workdir>/result.json``. The dense model is the one
+``jaxprune.lm.experiment.dense_gpt`` trains or restores for ``jaxprune run``/``sweep`` (same fields,
+same checkpoint rules), so ``--checkpoint-dir`` can point at a sweep's model.
 
     python scripts/lm_oneshot.py --workdir runs/lm_oneshot --steps 2000
+    python scripts/lm_oneshot.py --workdir runs/lm_samples --checkpoint-dir runs/llm_oneshot/gpt_dense
 """
 
 from __future__ import annotations
@@ -15,45 +18,15 @@ import json
 import math
 import os
 import sys
-import time
 
-import jax
-import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import optax
-import orbax.checkpoint as ocp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxprune.data.text import load_text, random_windows, token_windows  # noqa: E402
+from jaxprune.data.text import load_text, token_windows  # noqa: E402
 from jaxprune.lm import prune_lm  # noqa: E402
-from jaxprune.lm.experiment import evaluate_lm, train_gpt  # noqa: E402
-from jaxprune.models.gpt import gpt_nano  # noqa: E402
-
-
-def train(model, corpus, args):
-    """The library's GPT trainer (jaxprune.lm.experiment.train_gpt) with this script's flags."""
-    params, done, secs = train_gpt(model, corpus.train, steps=args.steps, batch_size=args.batch,
-                                   learning_rate=args.lr, seed=args.seed,
-                                   max_seconds=args.max_train_seconds, log=lambda m: print(m, flush=True))
-    if done < args.steps:
-        print(f"stopping at step {done}: --max-train-seconds={args.max_train_seconds} reached")
-    return params, done, secs
-
-
-evaluate = evaluate_lm
-
-
-def generate(model, params, tok, prompt, n, seed=0, temperature=0.8):
-    ids = list(tok.encode(prompt))
-    f = jax.jit(lambda p, x: model.apply({"params": p}, x)[0, -1])
-    key = jax.random.PRNGKey(seed)
-    for _ in range(n):
-        ctx = np.array(ids[-model.context :], np.int32)
-        ctx = np.pad(ctx, (model.context - len(ctx), 0)) if len(ctx) < model.context else ctx
-        key, sub = jax.random.split(key)
-        ids.append(int(jax.random.categorical(sub, f(params, ctx[None]) / temperature)))
-    return tok.decode(ids)
+from jaxprune.lm.experiment import LM_FIELDS, dense_gpt, evaluate_lm, generate  # noqa: E402
 
 
 def _setting(spec):
@@ -75,29 +48,26 @@ def main(argv=None):
     ap.add_argument("--eval-windows", type=int, default=256)
     ap.add_argument("--settings", default="0.5,2:4,4:8,0.6,0.7")
     ap.add_argument("--methods", default="magnitude,wanda,sparsegpt")
+    ap.add_argument("--checkpoint-dir", default="",
+                    help="orbax dir of the dense GPT, relative to the current directory ('' = "
+                         "<workdir>/dense); e.g. the llm_oneshot "
+                         "sweep's runs/llm_oneshot/gpt_dense to reuse its model")
     args = ap.parse_args(argv)
 
+    # The training fields of a `jaxprune run` lm config, so the checkpoint (and its refusal of a
+    # model trained with other fields) is the one `dense_gpt` manages for runs and sweeps.
+    config = ml_collections.ConfigDict({k: spec.default for k, spec in LM_FIELDS.items()})
+    config.update(steps=args.steps, max_train_seconds=args.max_train_seconds, batch_size=args.batch,
+                  learning_rate=args.lr, seed=args.seed,
+                  checkpoint_dir=os.path.abspath(args.checkpoint_dir) if args.checkpoint_dir else "")
     corpus = load_text("shakespeare")
-    model = gpt_nano(corpus.tokenizer.vocab_size, 64)
-    ckdir = os.path.abspath(os.path.join(args.workdir, "dense"))
-    meta_path = os.path.join(args.workdir, "dense_meta.json")
-    like = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64), jnp.int32))["params"]
-    if os.path.exists(meta_path):
-        params = ocp.StandardCheckpointer().restore(ckdir, like)
-        meta = json.load(open(meta_path))
-        print(f"restored dense params from {ckdir} ({meta['steps']} steps)")
-    else:
-        params, steps, secs = train(model, corpus, args)
-        os.makedirs(args.workdir, exist_ok=True)
-        ckpt = ocp.StandardCheckpointer()
-        ckpt.save(ckdir, params)
-        ckpt.wait_until_finished()
-        meta = {"steps": steps, "train_seconds": secs, "batch": args.batch, "lr": args.lr}
-        json.dump(meta, open(meta_path, "w"))
+    os.makedirs(args.workdir, exist_ok=True)
+    model, params, meta = dense_gpt(config, corpus, args.workdir)
+    print(("restored" if meta["restored"] else "trained") + f" dense GPT: {meta['steps_done']} steps")
 
-    val = token_windows(corpus.validation, args.eval_windows, 65, seed=1)
-    calib = token_windows(corpus.train, args.calibration, 64, seed=2)
-    dense_loss = evaluate(model, params, val)
+    val = token_windows(corpus.validation, args.eval_windows, model.context + 1, seed=1)
+    calib = token_windows(corpus.train, args.calibration, model.context, seed=2)
+    dense_loss = evaluate_lm(model, params, val)
     rows = [("dense", "-", dense_loss, math.exp(dense_loss), None, None)]
     samples = {"dense": generate(model, params, corpus.tokenizer, "ROMEO:\n", 120)}
     results = []
@@ -105,7 +75,7 @@ def main(argv=None):
         label, sparsity, nm = _setting(spec.strip())
         for method in args.methods.split(","):
             r = prune_lm(model, {"params": params}, calib, method, sparsity, nm=nm)
-            loss = evaluate(model, r.params["params"], val)
+            loss = evaluate_lm(model, r.params["params"], val)
             rel = float(np.mean([lr.relative_error for lr in r.layers]))
             rows.append((method, label, loss, math.exp(loss), rel, r.seconds))
             results.append(dict(method=method, setting=label, sparsity=sparsity, nm=nm,
@@ -118,7 +88,7 @@ def main(argv=None):
                                                         "ROMEO:\n", 120)
             print(f"{method:9s} {label:4s} val loss {loss:.3f} ppl {math.exp(loss):.2f} "
                   f"rel. layer error {rel:.4f} ({r.seconds:.1f} s)", flush=True)
-    print(f"\ntrained {meta['steps']} steps, batch {meta.get('batch')}; val = {len(val)} windows of 64 "
+    print(f"\ntrained {meta['steps_done']} steps, batch {config.batch_size}; val = {len(val)} windows "
           f"from {len(corpus.validation_documents)} held-out plays; calibration = {len(calib)} x 64\n")
     print("| method | sparsity | val loss | val ppl | mean rel. layer error ‖XΔW‖²/‖XW‖² | prune s |")
     print("|---|---|---|---|---|---|")

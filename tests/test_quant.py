@@ -399,3 +399,32 @@ def test_coo_byte_formula_matches_a_real_bcoo(dtype):
     w[0, 1] = w[3, 4] = w[4, 6] = 2
     mat = sparse.BCOO.fromdense(jnp.asarray(w))
     assert _coo_nbytes(w) == mat.indices.nbytes + mat.data.nbytes
+
+
+def test_default_selection_on_a_users_transformer_quantizes_kernels_only():
+    """The default is the pruning default: kernels. The (heads, head_dim) attention biases, the
+    embedding table and the positional table are matrices too, and stay in float."""
+    from jaxprune.paths import path_str
+
+    from user_models import user_nnx_transformer
+
+    model, _ = user_nnx_transformer()
+    state = nnx.state(model, nnx.Param)
+    q = quantize(state, bits=8)
+    flat = jax.tree_util.tree_flatten_with_path(q, is_leaf=lambda x: isinstance(x, QuantizedArray))[0]
+    chosen = sorted(path_str(p) for p, leaf in flat if isinstance(leaf, QuantizedArray))
+    assert chosen == sorted(["attn/query/kernel", "attn/key/kernel", "attn/value/kernel", "attn/out/kernel",
+                             "fc/kernel", "proj/kernel", "lm_head/kernel"])
+    kept = {path_str(p): leaf for p, leaf in flat if not isinstance(leaf, QuantizedArray)}
+    for name in ("embed/embedding", "pos", "attn/query/bias"):
+        assert np.ndim(kept[name]) == 2 and jnp.issubdtype(kept[name].dtype, jnp.floating), name
+
+
+def test_a_tree_without_kernel_names_is_an_error_not_a_silent_no_op():
+    tree = {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
+    with pytest.raises(PruningError, match="include=jaxprune.matrices"):
+        quantize(tree, bits=8)
+    with pytest.raises(PruningError, match="'w'"):
+        size_report(tree, quantized_bits=8)
+    from jaxprune.paths import matrices
+    assert isinstance(quantize(tree, bits=8, include=matrices)["w"], QuantizedArray)

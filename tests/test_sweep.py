@@ -409,6 +409,45 @@ def test_best_strategy_on_synthetic_rows():
         best_strategy([{"model": "m"}], 1.0)
 
 
+def _lm_record(method, structure, seed, ppl, dense=5.6, sparsity=0.5):
+    cfg = {"kind": "lm", "model": "gpt", "method": method, "structure": structure, "sparsity": sparsity,
+           "calibration_seed": seed, "seed": 0}
+    res = {"kind": "lm", "model": "gpt", "method": method, "target_sparsity": sparsity,
+           "sparsity": sparsity, "val_perplexity": ppl, "dense_val_perplexity": dense}
+    return {"key": f"{method}-{structure}-{sparsity}-{seed}", "config": cfg, "result": res}
+
+
+LM_SYNTH = ([_lm_record("magnitude", "unstructured", s, p) for s, p in [(2, 6.3), (3, 6.3)]]
+            + [_lm_record("sparsegpt", "unstructured", s, p) for s, p in [(2, 5.7), (3, 5.9)]]
+            + [_lm_record("sparsegpt", "unstructured", s, p, sparsity=0.7) for s, p in [(2, 7.0), (3, 7.2)]]
+            + [_lm_record("wanda", "nm:2:4", s, p) for s, p in [(2, 7.5), (3, float("nan"))]])
+
+
+def test_report_on_lm_sweep_judges_perplexity_lower_is_better(tmp_path, capsys):
+    rows = summarize(LM_SYNTH)
+    # calibration_seed replicates a run: averaged over, not a column; 4 strategies.
+    assert len(rows) == 4 and all("calibration_seed" not in r for r in rows)
+    sgpt = next(r for r in rows if r["method"] == "sparsegpt" and r["target_sparsity"] == 0.5)
+    assert sgpt["quality"] == "val_perplexity" and sgpt["n"] == 2
+    assert sgpt["val_perplexity_mean"] == pytest.approx(5.8)
+    wanda = next(r for r in rows if r["method"] == "wanda")
+    assert wanda["n"] == 1 and wanda["flagged"] == 1  # the NaN perplexity is left out
+    # Within +5 % of dense 5.6 (<= 5.88): only sparsegpt at 0.5 (5.8); 0.7 (7.1) is too far.
+    best, = best_strategy(rows, max_increase=5.0)
+    assert best.quality.metric == "val_perplexity" and best.dense_accuracy == pytest.approx(5.6)
+    assert (best.row["method"], best.row["target_sparsity"]) == ("sparsegpt", 0.5)
+    assert "+3.6 %" in best.line() and "val perplexity 5.800" in best.line()
+    loose, = best_strategy(rows, max_increase=30.0)  # 7.1 <= 7.28: the 70 % run is the most compressed
+    assert loose.row["target_sparsity"] == 0.7
+    none, = best_strategy(rows, max_increase=1.0)
+    assert none.row is None and "the best pruned one is sparsegpt" in none.line()
+    _write(tmp_path, LM_SYNTH)
+    assert main(["report", str(tmp_path), "--best", "--max-ppl-increase", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "val ppl" in out and "test acc" not in out and "perplexity_vs_sparsity.png" in out
+    assert "1 run(s) flagged: no finite val_perplexity" in out
+
+
 def test_report_input_validation(tmp_path):
     with pytest.raises(DataError, match="no finished runs"):
         load_results(tmp_path)

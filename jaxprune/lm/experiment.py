@@ -35,7 +35,7 @@ from jaxprune.models import MODELS, get_model
 from jaxprune.results_schema import SCHEMA_VERSION
 
 __all__ = ["LM_FIELDS", "TRAIN_FIELDS", "validate_lm_config", "parse_lm_structure", "lm_loss",
-           "train_gpt", "evaluate_lm", "checkpoint_lock", "dense_gpt", "run_lm"]
+           "train_gpt", "evaluate_lm", "generate", "checkpoint_lock", "dense_gpt", "run_lm"]
 
 F = FieldSpec
 LM_FIELDS: dict[str, FieldSpec] = {
@@ -174,6 +174,31 @@ def train_gpt(model: Any, train_tokens: np.ndarray, *, steps: int, batch_size: i
         if time.perf_counter() - start > max_seconds:
             break
     return params, done, time.perf_counter() - start
+
+
+def generate(model: Any, params: Any, tokenizer: Any, prompt: str, length: int, *, seed: int = 0,
+             temperature: float = 0.8) -> str:
+    """``prompt`` followed by ``length`` sampled characters (temperature sampling, one PRNG key per
+    step from ``seed``: models sampled with the same seed share the noise, so their texts agree until
+    their logits differ).
+
+    >>> from jaxprune.data.text import CharTokenizer
+    >>> from jaxprune.models.gpt import gpt_nano
+    >>> tok = CharTokenizer('ab ')
+    >>> m = gpt_nano(tok.vocab_size, 4, num_layers=1, width=8, num_heads=2)
+    >>> p = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))['params']
+    >>> len(generate(m, p, tok, 'ab', 5))
+    7
+    """
+    ids = list(tokenizer.encode(prompt))
+    last = jax.jit(lambda p, x: model.apply({"params": p}, x)[0, -1])
+    key = jax.random.PRNGKey(seed)
+    for _ in range(int(length)):
+        ctx = np.asarray(ids[-model.context:], np.int32)
+        ctx = np.pad(ctx, (model.context - len(ctx), 0))  # left-pad a short prompt to the context
+        key, sub = jax.random.split(key)
+        ids.append(int(jax.random.categorical(sub, last(params, ctx[None]) / temperature)))
+    return tokenizer.decode(ids)
 
 
 def evaluate_lm(model: Any, params: Any, windows: np.ndarray, batch: int = 64) -> float:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune.errors import PruningError
-from jaxprune.paths import path_str
+from jaxprune.paths import kernels, path_str
 
 Include = Callable[[str, Any], bool]
 
@@ -23,9 +23,26 @@ def is_float(leaf: Any) -> bool:
 
 
 def default_include(path: str, leaf: Any) -> bool:
-    """Default leaf selection: floating arrays with ``ndim >= 2`` (kernels, not biases or norm scales)."""
-    del path
-    return is_float(leaf) and np.ndim(leaf) >= 2
+    """Default leaf selection: the pruning default (:func:`jaxprune.paths.kernels`: leaves named
+    ``kernel`` with ``ndim >= 2``) restricted to floating arrays. Not biases, norm scales, embeddings,
+    positional tables or the ``(heads, head_dim)`` biases of attention projections. A bare array
+    (path ``''``: the whole tree is one leaf) is what the caller asked for: selected when floating."""
+    return is_float(leaf) and (path == "" or kernels(path, leaf))
+
+
+def resolve_include(include: Include | None, tree: Any, is_leaf=None) -> Include:
+    """``include``, or the default when it is None; the default must select some leaf of a tree that
+    has floating matrices (else the tree has no flax names, and quantizing nothing would be silent)."""
+    if include is not None:
+        return include
+    pairs = leaves_with_paths(tree, is_leaf=is_leaf)
+    if not any(default_include(p, x) for p, x in pairs):
+        matrix = next((p for p, x in pairs if is_float(x) and np.ndim(x) >= 2), None)
+        if matrix is not None:
+            raise PruningError(f"no leaf named 'kernel' to quantize (first floating matrix: {matrix!r}); "
+                               "for trees without flax's names pass include=jaxprune.matrices or "
+                               "your own (path, leaf) -> bool")
+    return default_include
 
 
 def is_tracer(leaf: Any) -> bool:

@@ -27,9 +27,9 @@ from jaxprune.paths import path_str
 from jaxprune.quant._tree import (
     Include,
     check_finite,
-    default_include,
     is_float,
     map_with_paths,
+    resolve_include,
 )
 
 GRANULARITIES = ("per_channel", "per_tensor")
@@ -127,7 +127,9 @@ def quantize(params: Any, bits: int = 8, *, granularity: str = "per_channel", ax
       granularity: ``'per_channel'`` (one scale per index of ``axis``) or ``'per_tensor'``.
       axis: the output-channel axis; ``-1`` fits Dense ``(in, out)`` and conv HWIO kernels.
       include: predicate ``(path, leaf) -> bool`` with ``path`` like ``'params/Dense_0/kernel'``;
-        default: floating leaves with ``ndim >= 2``. Unselected leaves pass through unchanged.
+        default: floating leaves named ``kernel`` with ``ndim >= 2`` (a tree with floating matrices
+        but no ``kernel`` leaf is an error: pass ``include=jaxprune.matrices``). Unselected leaves
+        pass through unchanged.
 
     Raises PruningError on a bad ``bits``/``granularity``, or, before any compute, on a selected
     leaf with NaN/inf or an ``axis`` out of range (the message names the leaf). Traced leaves
@@ -139,7 +141,7 @@ def quantize(params: Any, bits: int = 8, *, granularity: str = "per_channel", ax
     ([[0, 3], [7, -7]], (1, 2), dtype('float32'))
     """
     channel_axis = _resolve(bits, granularity, axis)
-    include = default_include if include is None else include
+    include = resolve_include(include, params, is_leaf=is_qarray)
 
     flat, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_qarray)
     # Validate every selected leaf first so a bad leaf fails before any leaf is computed.
@@ -233,7 +235,7 @@ def fake_quant_tree(params: Any, bits: int = 8, *, granularity: str = "per_chann
     ([[0.0, 0.0], [1.0, -1.0]], [1.0, 1.0])
     """
     channel_axis = _resolve(bits, granularity, axis)
-    include = default_include if include is None else include
+    include = resolve_include(include, params)
 
     def convert(path: str, leaf: Any) -> Any:
         if not include(path, leaf):

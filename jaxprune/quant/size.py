@@ -1,7 +1,7 @@
 """Storage size of a (pruned, maybe quantized) params tree in the usual formats, in bytes.
 
 A leaf is *selected* (stored sparse/quantized) when it is a QuantizedArray or the ``include``
-predicate picks it (default: floating leaves with ``ndim >= 2``). Unselected leaves (biases, norm
+predicate picks it (default: floating leaves named ``kernel`` with ``ndim >= 2``). Unselected leaves (biases, norm
 scales) are stored dense at their own dtype in every format but ``dense_f32``. For a selected leaf
 with ``n`` elements, ``nnz`` nonzeros, value width ``b`` bits (its dtype's width, or the quantized
 bit width) and ``S`` scale bytes (4 per scale; 0 if not quantized):
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxprune.quant._tree import Include, default_include, leaves_with_paths
+from jaxprune.quant._tree import Include, leaves_with_paths, resolve_include
 from jaxprune.quant.quantize import QuantizedArray, check_bits, is_qarray, quantize
 
 FORMATS = ("dense_f32", "dense_int8", "bitmask", "coo", "csr", "gzip")
@@ -75,7 +75,7 @@ def size_report(params: Any, *, quantized_bits: int | None = None,
     if quantized_bits is not None:
         check_bits(quantized_bits)
         params = quantize(params, quantized_bits, include=include)
-    include = default_include if include is None else include
+    include = resolve_include(include, params, is_leaf=is_qarray)
 
     totals = dict.fromkeys(FORMATS, 0)
     raw: list[bytes] = []

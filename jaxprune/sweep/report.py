@@ -1,10 +1,12 @@
 """The results of a sweep as a table, plots and a best-strategy line (``jaxprune report DIR``).
 
 Records of every ``results*.jsonl`` in ``DIR`` are merged (deduplicated by key) and grouped by their
-config minus ``seed``; each group gives one row with mean, sample std (ddof=1; empty for one seed) and
-n over its seeds. Written: ``summary.csv`` (every metric), ``report.md`` (headline columns),
+config minus the replicate fields ``seed`` and ``calibration_seed``; each group gives one row with mean,
+sample std (ddof=1; empty for one seed) and n over its seeds. The quality a row is judged by is the
+test accuracy (higher is better), or for language-model runs (``kind='lm'``) the validation perplexity
+(lower is better): see :data:`ACCURACY` and :data:`PERPLEXITY`. Written: ``summary.csv`` (every metric), ``report.md`` (headline columns),
 ``accuracy_vs_sparsity.png``, ``accuracy_vs_nonzeros.png`` and, when runs report FLOPs,
-``accuracy_vs_flops.png``.
+``accuracy_vs_flops.png`` (``perplexity_vs_*.png`` for language-model sweeps).
 """
 
 from __future__ import annotations
@@ -19,15 +21,41 @@ from jaxprune.errors import ConfigError, DataError
 from jaxprune.sweep.runner import read_records
 
 __all__ = ["load_results", "summarize", "markdown_table", "write_report", "best_strategy", "Best",
-           "Report", "METRICS"]
+           "Report", "METRICS", "Quality", "ACCURACY", "PERPLEXITY", "quality_of", "REPLICATE_FIELDS"]
 
 METRICS = ("test_accuracy", "dense_test_accuracy", "pruned_test_accuracy", "sparsity", "nonzero_params",
            "total_params", "nonzero_fraction", "flops_final", "macs_nonzero_final", "bytes_dense",
-           "bytes_final", "wall_s")
+           "bytes_final", "wall_s", "val_perplexity", "dense_val_perplexity", "val_loss", "dense_val_loss",
+           "mean_relative_layer_error", "prune_seconds")
 """Result fields summarised per group (plus every numeric entry of a ``bytes`` dict, as ``bytes.NAME``)."""
 
 _GROUP_FIRST = ("model", "method", "target_sparsity")
 _DENSE_METHOD = "none"
+REPLICATE_FIELDS = ("seed", "calibration_seed")
+"""Config fields that replicate a run (averaged over), rather than define a strategy (grouped by)."""
+
+
+class Quality(NamedTuple):
+    """The result field a run is judged by, its dense counterpart, and which way is better."""
+
+    metric: str
+    dense: str
+    higher_is_better: bool
+    axis_label: str
+    scale: float  # for display: fractions as percent
+
+
+ACCURACY = Quality("test_accuracy", "dense_test_accuracy", True, "test accuracy (%)", 100.0)
+PERPLEXITY = Quality("val_perplexity", "dense_val_perplexity", False, "validation perplexity", 1.0)
+
+
+def quality_of(result: dict) -> Quality:
+    """:data:`PERPLEXITY` for language-model results (``kind='lm'``), else :data:`ACCURACY`.
+
+    >>> quality_of({'kind': 'lm'}).metric, quality_of({'kind': 'nn'}).metric
+    ('val_perplexity', 'test_accuracy')
+    """
+    return PERPLEXITY if result.get("kind") == "lm" else ACCURACY
 
 
 def load_results(workdir: str | os.PathLike) -> list[dict]:
@@ -63,8 +91,8 @@ def _number(v: Any) -> float | None:
     return float(v)
 
 
-def _finite_accuracy(result: dict) -> bool:
-    v = _number(result.get("test_accuracy"))
+def _finite_quality(result: dict) -> bool:
+    v = _number(result.get(quality_of(result).metric))
     return v is not None and math.isfinite(v)
 
 
@@ -111,8 +139,9 @@ def _sort_key(v: Any) -> tuple:
 
 
 def summarize(records: Iterable[dict]) -> list[dict]:
-    """One row per config-minus-seed: the fields that vary across the sweep (plus ``model``,
-    ``method``, ``target_sparsity``), ``n``, and ``NAME_mean`` / ``NAME_std`` per metric.
+    """One row per config minus :data:`REPLICATE_FIELDS`: the fields that vary across the sweep (plus
+    ``model``, ``method``, ``target_sparsity``), ``n``, ``quality`` (the metric the row is judged by)
+    and ``NAME_mean`` / ``NAME_std`` per metric.
 
     >>> recs = [{'key': str(s), 'config': {'model': 'm', 'method': 'one_shot', 'sparsity': 0.5,
     ...          'seed': s}, 'result': {'test_accuracy': a, 'sparsity': 0.5}}
@@ -122,7 +151,8 @@ def summarize(records: Iterable[dict]) -> list[dict]:
     (2, 0.85, 0.0707)
     """
     records = _check_records(records)
-    flat = [{k: v for k, v in _flatten(r["config"]).items() if k != "seed"} for r in records]
+    flat = [{k: v for k, v in _flatten(r["config"]).items() if k not in REPLICATE_FIELDS}
+            for r in records]
     keys = sorted({k for f in flat for k in f})
     varying = [k for k in keys
                if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
@@ -139,20 +169,22 @@ def summarize(records: Iterable[dict]) -> list[dict]:
         for k in extra:
             row[k] = cfg.get(k)
         row["target_sparsity"] = _number(res.get("target_sparsity", cfg.get("sparsity")))
-        # A record without a finite test accuracy (missing, a string, NaN) is flagged and left out of
+        # A record without a finite quality (missing, a string, NaN) is flagged and left out of
         # every mean, so that n is what the means are over and such a run is never "best".
-        valid = [i for i in members if _finite_accuracy(records[i]["result"])]
+        quality = quality_of(res)
+        valid = [i for i in members if _finite_quality(records[i]["result"])]
         row["n"] = len(valid)
         if len(valid) < len(members):
             row["flagged"] = len(members) - len(valid)
         if not valid:
-            row["test_accuracy_mean"] = row["test_accuracy_std"] = math.nan
+            row[f"{quality.metric}_mean"] = row[f"{quality.metric}_std"] = math.nan
         values: dict[str, list[float]] = {}
         for i in valid:
             for name, v in _metrics(records[i]["result"]).items():
                 values.setdefault(name, []).append(v)
         for name in sorted(values, key=_metric_order):
             row[f"{name}_mean"], row[f"{name}_std"] = _mean_std(values[name])
+        row["quality"] = quality.metric
         rows.append(row)
     order = ["model", "method", *extra, "target_sparsity"]
     rows.sort(key=lambda r: tuple(_sort_key(r.get(k)) for k in order))
@@ -165,7 +197,7 @@ def _metric_order(name: str) -> tuple:
 
 
 def _group_fields(rows: Sequence[dict]) -> list[str]:
-    return [k for k in rows[0] if k != "n" and not k.endswith(("_mean", "_std"))]
+    return [k for k in rows[0] if k not in ("n", "quality") and not k.endswith(("_mean", "_std"))]
 
 
 def _label_fields(rows: Sequence[dict]) -> list[str]:
@@ -209,6 +241,8 @@ def _fmt(mean: Any, std: Any, scale: float = 1.0, digits: int = 2) -> str:
 
 
 _MD_METRICS = (("test_accuracy", "test acc %", 100.0), ("dense_test_accuracy", "dense acc %", 100.0),
+               ("val_perplexity", "val ppl", 1.0), ("dense_val_perplexity", "dense ppl", 1.0),
+               ("mean_relative_layer_error", "layer err", 1.0), ("prune_seconds", "prune s", 1.0),
                ("sparsity", "sparsity", 1.0), ("nonzero_params", "nonzeros", 1.0),
                ("macs_nonzero_final", "MACs (nonzero)", 1.0), ("bytes.csr", "bytes (CSR)", 1.0),
                ("wall_s", "wall s", 1.0))
@@ -232,52 +266,73 @@ def markdown_table(rows: Sequence[dict]) -> str:
     for r in rows:
         cells = ["" if r.get(k) is None else str(r[k]) for k in fields] + [str(r["n"])]
         for m, _, scale in metrics:
-            digits = 3 if m == "sparsity" else (1 if m == "wall_s" else 2)
+            digits = {"sparsity": 3, "mean_relative_layer_error": 4, "wall_s": 1, "prune_seconds": 1
+                      }.get(m, 2)
             cells.append(_fmt(r.get(f"{m}_mean"), r.get(f"{m}_std"), scale, digits))
         lines.append("| " + " | ".join(cells) + " |")
     flagged = sum(int(r.get("flagged", 0)) for r in rows)
     if flagged:
         lines.append("")
-        lines.append(f"{flagged} run(s) flagged: no finite test_accuracy (missing, not a number or NaN); "
+        names = "/".join(sorted({r.get("quality", ACCURACY.metric) for r in rows}))
+        lines.append(f"{flagged} run(s) flagged: no finite {names} (missing, not a number or NaN); "
                      "left out of n, the means and --best.")
     return "\n".join(lines)
 
 
 class Best(NamedTuple):
-    """The most compressed strategy of one model within ``max_drop`` pp of its dense accuracy."""
+    """The most compressed strategy of one model within the allowed loss of quality from dense.
+
+    For accuracy (``quality.metric == 'test_accuracy'``) the allowance is ``max_drop`` percentage
+    points and ``dense_accuracy`` is a fraction, as in result.json; for perplexity it is
+    ``max_increase`` percent and ``dense_accuracy`` holds the dense perplexity.
+    """
 
     model: str
     max_drop: float
-    dense_accuracy: float | None  # a fraction, as in result.json
+    dense_accuracy: float | None  # the dense reference of `quality.metric`
     dense_source: str
     row: dict | None  # the chosen summary row, None when none qualifies
-    closest: dict | None  # when none qualifies: the most accurate pruned row
+    closest: dict | None  # when none qualifies: the best pruned row
     label: str = ""
+    quality: Quality = ACCURACY
+
+    def _value(self, v: float) -> str:
+        if self.quality.higher_is_better:
+            return f"{100 * v:.2f} %"
+        return f"{v:.3f}"
+
+    def _change(self, v: float) -> str:
+        if self.quality.higher_is_better:
+            return f"{100 * (v - self.dense_accuracy):+.2f} pp"
+        return f"{100 * (v / self.dense_accuracy - 1):+.1f} %"
 
     def line(self) -> str:
         """One human-readable line."""
+        q = self.quality
+        name = "test accuracy" if q.higher_is_better else "val perplexity"
+        allowed = f"{self.max_drop:g} pp" if q.higher_is_better else f"+{self.max_drop:g} % perplexity"
         if self.dense_accuracy is None:
             return (f"best for {self.model}: no dense reference (no method '{_DENSE_METHOD}' runs, no "
-                    f"sparsity-0 runs, no dense_test_accuracy), so --max-drop cannot be applied")
-        ref = f"dense {100 * self.dense_accuracy:.2f} % ({self.dense_source})"
+                    f"sparsity-0 runs, no {q.dense}), so the allowance cannot be applied")
+        ref = f"dense {self._value(self.dense_accuracy)} ({self.dense_source})"
         if self.row is None:
-            text = (f"best for {self.model}: no pruned configuration stays within {self.max_drop:g} pp "
-                    f"of {ref}")
+            text = f"best for {self.model}: no pruned configuration stays within {allowed} of {ref}"
             if self.closest is not None:
                 c = self.closest
-                text += (f"; the most accurate pruned one is {c['_label']} at sparsity "
-                         f"{c['target_sparsity']:g} ({100 * c['test_accuracy_mean']:.2f} %, "
-                         f"{100 * (c['test_accuracy_mean'] - self.dense_accuracy):+.2f} pp)")
+                v = c[f"{q.metric}_mean"]
+                text += (f"; the best pruned one is {c['_label']} at sparsity {c['target_sparsity']:g} "
+                         f"({self._value(v)}, {self._change(v)})")
             return text
         r = self.row
         frac = _nonzero_fraction(r)
-        acc = r["test_accuracy_mean"]
-        std = r.get("test_accuracy_std", math.nan)
-        return (f"best for {self.model} within {self.max_drop:g} pp of {ref}: {self.label} at sparsity "
+        v = r[f"{q.metric}_mean"]
+        std = r.get(f"{q.metric}_std", math.nan)
+        spread = "" if math.isnan(std) else (f" ± {100 * std:.2f}" if q.higher_is_better else f" ± {std:.3f}")
+        value = self._value(v)
+        value = value[:-2] + spread + " %" if q.higher_is_better else value + spread
+        return (f"best for {self.model} within {allowed} of {ref}: {self.label} at sparsity "
                 f"{r['target_sparsity']:g} -> {100 * frac:.2f} % of weights remain "
-                f"({1 / frac:.1f}x compression), test accuracy {100 * acc:.2f}"
-                + ("" if math.isnan(std) else f" ± {100 * std:.2f}")
-                + f" % ({100 * (acc - self.dense_accuracy):+.2f} pp, n={r['n']})")
+                f"({1 / frac:.1f}x compression), {name} {value} ({self._change(v)}, n={r['n']})")
 
 
 def _nonzero_fraction(row: dict) -> float:
@@ -292,24 +347,30 @@ def _is_dense(row: dict) -> bool:
     return row.get("method") == _DENSE_METHOD or row.get("target_sparsity") == 0.0
 
 
-def _dense_reference(rows: list[dict]) -> tuple[float | None, str]:
-    none = [r["test_accuracy_mean"] for r in rows if r.get("method") == _DENSE_METHOD]
+def _row_quality(row: dict) -> Quality:
+    return PERPLEXITY if row.get("quality") == PERPLEXITY.metric else ACCURACY
+
+
+def _dense_reference(rows: list[dict], q: Quality) -> tuple[float | None, str]:
+    pick = max if q.higher_is_better else min
+    none = [r[f"{q.metric}_mean"] for r in rows if r.get("method") == _DENSE_METHOD]
     if none:
-        return max(none), f"method '{_DENSE_METHOD}'"
-    zero = [r["test_accuracy_mean"] for r in rows if r.get("target_sparsity") == 0.0]
+        return pick(none), f"method '{_DENSE_METHOD}'"
+    zero = [r[f"{q.metric}_mean"] for r in rows if r.get("target_sparsity") == 0.0]
     if zero:
-        return max(zero), "sparsity-0 runs"
-    reported = [r["dense_test_accuracy_mean"] for r in rows
-                if _number(r.get("dense_test_accuracy_mean")) is not None]
+        return pick(zero), "sparsity-0 runs"
+    reported = [r[f"{q.dense}_mean"] for r in rows if _number(r.get(f"{q.dense}_mean")) is not None]
     if reported:
-        return max(reported), "max dense_test_accuracy reported by the runs"
+        return pick(reported), f"{'max' if q.higher_is_better else 'min'} {q.dense} reported by the runs"
     return None, ""
 
 
-def best_strategy(rows: Sequence[dict], max_drop: float = 1.0) -> list[Best]:
-    """Per model, the group with the lowest nonzero fraction whose mean accuracy is at least the dense
-    accuracy minus ``max_drop`` percentage points (ties: higher accuracy). Dense = the method
-    ``'none'`` group, else sparsity-0 groups, else the best mean ``dense_test_accuracy`` of the runs.
+def best_strategy(rows: Sequence[dict], max_drop: float = 1.0, max_increase: float = 5.0) -> list[Best]:
+    """Per model, the group with the lowest nonzero fraction whose quality stays within the allowance
+    (ties: better quality). Accuracy rows: mean accuracy at least dense minus ``max_drop`` percentage
+    points. Perplexity rows (``kind='lm'``): mean perplexity at most dense times ``1 + max_increase/100``.
+    Dense = the method ``'none'`` group, else sparsity-0 groups, else the best mean dense value the
+    runs report (``dense_test_accuracy`` / ``dense_val_perplexity``).
 
     >>> rows = [{'model': 'm', 'method': 'none', 'target_sparsity': 0.0, 'n': 2,
     ...          'test_accuracy_mean': 0.90, 'nonzero_fraction_mean': 1.0},
@@ -321,35 +382,44 @@ def best_strategy(rows: Sequence[dict], max_drop: float = 1.0) -> list[Best]:
     >>> b.row['target_sparsity'], b.label
     (0.5, 'one_shot')
     """
-    if _number(max_drop) is None or not math.isfinite(max_drop) or max_drop < 0:
-        raise ConfigError(f"max_drop must be a finite number of percentage points >= 0, got {max_drop!r}")
+    for name, v in (("max_drop", max_drop), ("max_increase", max_increase)):
+        if _number(v) is None or not math.isfinite(v) or v < 0:
+            raise ConfigError(f"{name} must be a finite number >= 0 (percentage points / percent), "
+                              f"got {v!r}")
     rows = list(rows)
     if not rows:
         raise DataError("best_strategy: no rows (call summarize(load_results(DIR)) first)")
     for i, r in enumerate(rows):
-        if not isinstance(r, dict) or "test_accuracy_mean" not in r or "model" not in r:
-            raise DataError(f"best_strategy: rows[{i}] has no 'model' / 'test_accuracy_mean' "
+        if not isinstance(r, dict) or "model" not in r or f"{_row_quality(r).metric}_mean" not in r:
+            raise DataError(f"best_strategy: rows[{i}] has no 'model' / '{_row_quality(r).metric}_mean' "
                             f"(rows come from summarize())")
-    # Rows whose runs were all flagged (no finite accuracy) cannot be chosen or be the reference.
-    rows = [r for r in rows if _number(r["test_accuracy_mean"]) is not None
-            and math.isfinite(r["test_accuracy_mean"])]
+    # Rows whose runs were all flagged (no finite quality) cannot be chosen or be the reference.
+    rows = [r for r in rows if _number(r[f"{_row_quality(r).metric}_mean"]) is not None
+            and math.isfinite(r[f"{_row_quality(r).metric}_mean"])]
     fields = _label_fields(rows) if rows else []
     out = []
     for model in sorted({r["model"] for r in rows}, key=str):
         mine = [r for r in rows if r["model"] == model]
-        dense, source = _dense_reference(mine)
+        q = _row_quality(mine[0])
+        allowance = float(max_drop if q.higher_is_better else max_increase)
+        metric = f"{q.metric}_mean"
+        better = (lambda r: -r[metric]) if q.higher_is_better else (lambda r: r[metric])
+        dense, source = _dense_reference(mine, q)
         pruned = [{**r, "_label": _label(r, fields)} for r in mine if not _is_dense(r)]
         if dense is None:
-            out.append(Best(model, float(max_drop), None, "", None, None))
+            out.append(Best(model, allowance, None, "", None, None, quality=q))
             continue
-        ok = [r for r in pruned if r["test_accuracy_mean"] >= dense - max_drop / 100 - 1e-12]
+        if q.higher_is_better:
+            ok = [r for r in pruned if r[metric] >= dense - max_drop / 100 - 1e-12]
+        else:
+            ok = [r for r in pruned if r[metric] <= dense * (1 + max_increase / 100) + 1e-12]
         if not ok:
-            closest = max(pruned, key=lambda r: r["test_accuracy_mean"]) if pruned else None
-            out.append(Best(model, float(max_drop), dense, source, None, closest))
+            closest = min(pruned, key=better) if pruned else None
+            out.append(Best(model, allowance, dense, source, None, closest, quality=q))
             continue
-        best = min(ok, key=lambda r: (_nonzero_fraction(r), -r["test_accuracy_mean"], r["_label"]))
+        best = min(ok, key=lambda r: (_nonzero_fraction(r), better(r), r["_label"]))
         label = best.pop("_label")
-        out.append(Best(model, float(max_drop), dense, source, best, None, label))
+        out.append(Best(model, allowance, dense, source, best, None, label, q))
     return out
 
 
@@ -372,19 +442,20 @@ def _plot(rows: list[dict], path: str, xkey: str, xlabel: str, *, log_x: bool, r
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     lines: dict[str, list[tuple[float, float, float]]] = {}
+    q = _row_quality(rows[0]) if rows else ACCURACY
     for r in rows:
-        y = r.get("test_accuracy_mean")
+        y = r.get(f"{q.metric}_mean")
         x = r.get(f"{xkey}_mean", r.get(xkey) if xkey == "target_sparsity" else None)
         if x is None or y is None:
             continue
         x = (1.0 - x) * 100 if remaining else x * x_scale
         if log_x and x <= 0:
             continue
-        std = r.get("test_accuracy_std", math.nan)
+        std = r.get(f"{q.metric}_std", math.nan)
         label = _label(r, fields) + (f" [{r['model']}]" if len(models) > 1 else "")
         if _is_dense(r):
-            ax.axhline(100 * y, linestyle="--", linewidth=1, color="gray")
-        lines.setdefault(label, []).append((x, 100 * y, 0.0 if math.isnan(std) else 100 * std))
+            ax.axhline(q.scale * y, linestyle="--", linewidth=1, color="gray")
+        lines.setdefault(label, []).append((x, q.scale * y, 0.0 if math.isnan(std) else q.scale * std))
     for label, pts in sorted(lines.items()):
         pts.sort()
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
@@ -402,7 +473,7 @@ def _plot(rows: list[dict], path: str, xkey: str, xlabel: str, *, log_x: bool, r
             ax.xaxis.set_minor_locator(NullLocator())
         ax.invert_xaxis()  # lottery-ticket style: 100 % on the left, fewer weights to the right
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(q.axis_label)
     ax.grid(True, which="both", alpha=0.3)
     if lines:
         ax.legend(fontsize=7)
@@ -442,17 +513,18 @@ def write_report(workdir: str | os.PathLike, *, log_x: bool = False) -> Report:
     with open(md_path, "w") as f:
         f.write(f"# Sweep report: {workdir}\n\n{len(records)} runs, {len(rows)} groups (mean ± std over "
                 f"seeds, std with ddof=1){planned}. Every metric: `summary.csv`.\n\n{table}\n")
-    plots = [os.path.join(workdir, "accuracy_vs_sparsity.png"),
-             os.path.join(workdir, "accuracy_vs_nonzeros.png")]
+    what = "accuracy" if _row_quality(rows[0]).higher_is_better else "perplexity"
+    plots = [os.path.join(workdir, f"{what}_vs_sparsity.png"),
+             os.path.join(workdir, f"{what}_vs_nonzeros.png")]
     _plot(rows, plots[0], "sparsity" if any("sparsity_mean" in r for r in rows) else "target_sparsity",
           "remaining weights (%)" if log_x else "sparsity (fraction of prunable weights removed)",
           log_x=log_x, remaining=log_x)
     _plot(rows, plots[1], "nonzero_params", "nonzero parameters", log_x=True)
     if any("macs_nonzero_final_mean" in r for r in rows):
-        plots.append(os.path.join(workdir, "accuracy_vs_flops.png"))
+        plots.append(os.path.join(workdir, f"{what}_vs_flops.png"))
         _plot(rows, plots[-1], "macs_nonzero_final", "FLOPs of the kept weights (2 x nonzero MACs)",
               log_x=True, x_scale=2.0)
     elif any("flops_final_mean" in r for r in rows):
-        plots.append(os.path.join(workdir, "accuracy_vs_flops.png"))
+        plots.append(os.path.join(workdir, f"{what}_vs_flops.png"))
         _plot(rows, plots[-1], "flops_final", "FLOPs (XLA cost analysis)", log_x=True)
     return Report(rows, csv_path, md_path, plots, table)
