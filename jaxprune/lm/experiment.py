@@ -128,7 +128,7 @@ def validate_lm_config(config: Any) -> None:
 def lm_loss(model: Any, params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
     """Mean next-token cross-entropy of ``model`` on inputs ``x`` and targets ``y``.
 
-    >>> from jaxprune.models import MODELS, get_model
+    >>> from jaxprune.models.gpt import gpt_nano
     >>> m = gpt_nano(5, 4, num_layers=1, width=8, num_heads=2)
     >>> p = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))['params']
     >>> bool(lm_loss(m, p, jnp.zeros((2, 4), jnp.int32), jnp.ones((2, 4), jnp.int32)) > 0)
@@ -144,7 +144,7 @@ def train_gpt(model: Any, train_tokens: np.ndarray, *, steps: int, batch_size: i
 
     Returns ``(params, steps_done, seconds)``; stops early after ``max_seconds``.
 
-    >>> from jaxprune.models import MODELS, get_model
+    >>> from jaxprune.models.gpt import gpt_nano
     >>> m = gpt_nano(5, 4, num_layers=1, width=8, num_heads=2)
     >>> _, done, _ = train_gpt(m, np.arange(40) % 5, steps=2, batch_size=2, learning_rate=1e-3, seed=0)
     >>> done
@@ -204,7 +204,7 @@ def generate(model: Any, params: Any, tokenizer: Any, prompt: str, length: int, 
 def evaluate_lm(model: Any, params: Any, windows: np.ndarray, batch: int = 64) -> float:
     """Mean next-token loss over ``windows`` (``(num, context + 1)`` token ids), batch-weighted.
 
-    >>> from jaxprune.models import MODELS, get_model
+    >>> from jaxprune.models.gpt import gpt_nano
     >>> m = gpt_nano(5, 4, num_layers=1, width=8, num_heads=2)
     >>> p = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))['params']
     >>> evaluate_lm(m, p, np.zeros((3, 5), np.int32)) > 0
