@@ -15,7 +15,7 @@ from flax import linen as nn
 from flax import nnx
 
 from jaxprune.errors import PruningError
-from jaxprune.harness import toy_config
+from jaxprune.harness import make_run, toy_config
 from jaxprune.models import (
     ACTIVATIONS,
     MLP,
@@ -27,14 +27,19 @@ from jaxprune.models import (
     ResNet20,
     SmallCNN,
     INPUT_KINDS,
+    Edge,
+    Plan,
     get_model,
     get_nnx_model,
     groupable_models,
     init_params,
     model_entry,
+    register_model,
+    registered_plan,
     to_nnx,
     train_kwargs,
 )
+from jaxprune.models.plans import OUTPUT_LAYER
 from jaxprune.shrink import plan_for, removal_masks, shrink
 from jaxprune.shrink.plans import layer_params
 from jaxprune.sweep.vmapped import fit_group, vmap_groups
@@ -236,3 +241,43 @@ def test_entries_with_a_shrink_plan_shrink(name):
                                 atol=1e-5)
     assert sum(int(np.size(v)) for v in jax.tree.leaves(small)) < sum(
         int(np.size(v)) for v in jax.tree.leaves(variables))
+
+
+class TwoLayer(nn.Module):
+    """docs/models.md's own architecture: flatten, a hidden ReLU layer, the classes."""
+
+    num_classes: int = 10
+    hidden: int = 32
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(self.hidden)(x.reshape((x.shape[0], -1))))
+        return nn.Dense(self.num_classes)(x)
+
+
+def two_layer_plan(model):
+    return Plan("TwoLayer", (Edge("Dense_0", (), "Dense_1", "dense"),), {"Dense_1": OUTPUT_LAYER},
+                lambda widths: model.clone(hidden=widths["Dense_0"], parent=None))
+
+
+def test_a_new_architecture_registers_in_a_few_lines():
+    entry = register_model("two_layer", TwoLayer, shrink_plan=two_layer_plan, inputs="flat")
+    try:
+        assert entry.module is TwoLayer and "two_layer" not in groupable_models()
+        test_every_entry_builds_in_linen_and_nnx_with_one_param_tree("two_layer")  # nnx: the bridge
+        test_entries_with_a_shrink_plan_shrink("two_layer")
+        run = make_run(toy_config(model="two_layer"))  # a config reaches it
+        assert isinstance(run.model, TwoLayer) and run.variables["params"]["Dense_0"]["kernel"].shape == (64, 32)
+        with pytest.raises(PruningError, match="already registered"):
+            register_model("two_layer", TwoLayer)
+        with pytest.raises(PruningError, match="inputs must be one of"):
+            register_model("two_layer_bad", TwoLayer, inputs="audio")
+        with pytest.raises(PruningError, match="from the class count alone"):
+            register_model("needs_more", lambda num_classes, width: TwoLayer(num_classes, width))
+        with pytest.raises(PruningError, match="one class, one plan"):
+            register_model("two_layer_2", TwoLayer, shrink_plan=lambda m: two_layer_plan(m))
+    finally:
+        del MODELS["two_layer"]
+    assert registered_plan(TwoLayer()) is None
+    with pytest.raises(PruningError, match="unsupported architecture.*TwoLayer"):
+        plan_for(TwoLayer())
