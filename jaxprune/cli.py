@@ -8,7 +8,9 @@ User errors (bad config, unknown dataset, missing files, bad values: :class:`~ja
 JaxpruneError`) print one ``error:`` line and exit with status 2, without a traceback; any other
 exception is a bug and keeps its traceback. ``JAXPRUNE_DEBUG=1`` re-raises user errors too, with
 their traceback. Bad input is found before data loads: the config file, its fields
-(:mod:`jaxprune.harness.schema`) and the workdir are checked first.
+(:mod:`jaxprune.harness.schema`) and the workdir are checked first. A full disk (``ENOSPC``, found
+anywhere in the exception chain, :func:`jaxprune.errors.disk_full`) is one ``error:`` line too, the
+last line of stderr: orbax's log records and the tracebacks its failed save threads leave are dropped.
 
 On start the command calls :func:`jaxprune.hostmem.keep_freed_memory` (glibc keeps the memory freed
 by XLA's per-step buffers for reuse; ``JAXPRUNE_MALLOC=default`` turns it off).
