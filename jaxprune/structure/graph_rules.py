@@ -1,0 +1,566 @@
+"""Atoms and per-primitive rules: the engine behind :func:`jaxprune.structure.graph.trace`.
+
+Every array axis of the traced jaxpr is a *layout*: a row-major product of atoms (``(T, 128)`` read
+as ``(T, 4, 32)`` is the 128 atom split into a 4 atom and a 32 atom). An atom may also be a *sum* of
+segment atoms (a concatenated or split axis). Atoms that must shrink together are joined in one
+union-find class; a class split by a reshape is split the same way in every member, so all members of
+a class keep the same leaf sizes and their corresponding leaves stay in one class. Classes carry
+refusal reasons (``model input``, an op the rules cannot follow ...) and marks (heads, groups, the
+reductions that see them), merged on every union and inherited by the halves of a split.
+
+:func:`walk` applies one rule per equation; primitives without a rule make every class they touch
+unprunable, naming the primitive, so an unknown op can cost prunability but never correctness.
+
+>>> a = Atoms()
+>>> x, y = a.new(8), a.new(8)
+>>> a.join((x,), (y,)) and a.find(x) == a.find(y)
+True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Optional, Sequence
+
+import numpy as np
+from jax.extend import core as jex_core
+
+__all__ = ["Atoms", "Val", "Trace", "walk", "fresh"]
+
+Layout = tuple  # per array axis: a tuple of atoms (empty for a size-1 axis)
+
+
+class Val(NamedTuple):
+    """A traced value: its axis layouts and the parameter leaf it is a re-layout of (or None).
+
+    >>> Val(((),), None).origin is None
+    True
+    """
+
+    layout: tuple[Layout, ...]
+    origin: Optional[int]
+
+
+class Atoms:
+    """Union-find over atoms with product/sum splits; see the module docstring.
+
+    >>> a = Atoms()
+    >>> w = a.new(12)
+    >>> [a.size[i] for part in a.carve([w], [3, 4]) for i in part]
+    [3, 4]
+    """
+
+    def __init__(self) -> None:
+        self.size: list[int] = []
+        self.parent: list[int] = []
+        self.kids: dict[int, tuple[str, tuple[int, ...]]] = {}
+        self.up: dict[int, int] = {}
+        self.members: dict[int, list[int]] = {}
+        self.reasons: dict[int, set] = {}
+        self.marks: dict[int, set] = {}
+        self.splits = 0
+
+    def new(self, size: int) -> int:
+        a = len(self.size)
+        self.size.append(int(size))
+        self.parent.append(a)
+        self.members[a] = [a]
+        return a
+
+    def find(self, a: int) -> int:
+        root = a
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[a] != root:
+            self.parent[a], a = root, self.parent[a]
+        return root
+
+    def leaves(self, a: int) -> list[int]:
+        if a not in self.kids:
+            return [a]
+        return [leaf for k in self.kids[a][1] for leaf in self.leaves(k)]
+
+    def items(self, atoms: Sequence[int]) -> list[int]:
+        """Product-level items: product splits expanded, sum nodes and leaves kept, size 1 dropped."""
+        out: list[int] = []
+        for a in atoms:
+            if a in self.kids and self.kids[a][0] == "prod":
+                out += self.items(self.kids[a][1])
+            elif self.size[a] > 1:
+                out.append(a)
+        return out
+
+    def segments(self, a: int) -> list[int]:
+        """The segments of a sum node, nested sums expanded."""
+        return [s for k in self.kids[a][1]
+                for s in (self.segments(k) if self.kids.get(k, ("",))[0] == "sum" else [k])]
+
+    def _tags(self, store: dict, a: int) -> set:
+        return store.setdefault(self.find(a), set())
+
+    def flag(self, atoms: Sequence[int], reason: str) -> None:
+        for a in atoms:
+            for leaf in self.leaves(a):
+                self._tags(self.reasons, leaf).add(reason)
+
+    def mark(self, atoms: Sequence[int], tag: str) -> None:
+        for a in atoms:
+            for leaf in self.leaves(a):
+                self._tags(self.marks, leaf).add(tag)
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if len(self.members[ra]) < len(self.members[rb]):
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.members[ra] += self.members.pop(rb)
+        for store in (self.reasons, self.marks):
+            if rb in store:
+                store.setdefault(ra, set()).update(store.pop(rb))
+
+    def split(self, leaf: int, kind: str, sizes: Sequence[int]) -> None:
+        """Split every member of ``leaf``'s class into ``sizes`` (a row-major product or a sum)."""
+        root = self.find(leaf)
+        reasons, marks = self.reasons.pop(root, set()), self.marks.pop(root, set())
+        members = self.members.pop(root)
+        self.splits += 1
+        rows = []
+        for m in members:
+            kids = tuple(self.new(s) for s in sizes)
+            self.kids[m] = (kind, kids)
+            for k in kids:
+                self.up[k] = m
+            rows.append(kids)
+        for column in zip(*rows):
+            for k in column[1:]:
+                self.union(column[0], k)
+            r = self.find(column[0])
+            self.reasons.setdefault(r, set()).update(reasons)
+            self.marks.setdefault(r, set()).update(marks)
+
+    def _cut(self, items: list[int], bounds: set) -> Optional[bool]:
+        """Split items so every stride in ``bounds`` falls between items; None if it cannot."""
+        stride = math.prod(self.size[i] for i in items)
+        for it in items:
+            n = self.size[it]
+            stride //= n
+            cuts = sorted(t for t in bounds if stride < t < stride * n)
+            if not cuts:
+                continue
+            chain = [stride] + cuts + [stride * n]
+            if it in self.kids or any(hi % lo for lo, hi in zip(chain, chain[1:])):
+                return None
+            down = chain[::-1]
+            self.split(it, "prod", [a // b for a, b in zip(down[:-1], down[1:])])
+            return True
+        return False
+
+    @staticmethod
+    def _bounds(sizes: Sequence[int]) -> set:
+        out, s = set(), 1
+        for n in reversed(sizes):
+            s *= n
+            out.add(s)
+        return out
+
+    def carve(self, atoms: Sequence[int], sizes: Sequence[int]) -> Optional[list[tuple]]:
+        """``atoms`` (a product) cut into consecutive runs of the given sizes; None if impossible."""
+        bounds = self._bounds(sizes)
+        while True:
+            items = self.items(atoms)
+            done = self._cut(items, bounds)
+            if done is None:
+                return None
+            if not done:
+                break
+        out, k = [], 0
+        for n in sizes:
+            run, p = [], 1
+            while p < n:
+                run.append(items[k])
+                p *= self.size[items[k]]
+                k += 1
+            out.append(tuple(run))
+        return out
+
+    def join(self, la: Sequence[int], lb: Sequence[int]) -> bool:
+        """Join two layouts of one size item by item (refining both); False (and no union) if their
+        factors cannot be aligned."""
+        for _ in range(64):
+            before = self.splits
+            fa, fb = self.items(la), self.items(lb)
+            sa, sb = [self.size[i] for i in fa], [self.size[i] for i in fb]
+            if sa != sb:
+                bounds = self._bounds(sa) | self._bounds(sb)
+                if self._cut(fa, bounds) is None or self._cut(fb, bounds) is None:
+                    return False
+                continue
+            for x, y in zip(fa, fb):
+                if not self._pair(x, y):
+                    return False
+                if self.splits != before:
+                    break
+            if self.splits == before:
+                return True
+        return False
+
+    def _pair(self, x: int, y: int) -> bool:
+        sx, sy = self.kids.get(x), self.kids.get(y)
+        if sx is None and sy is None:
+            self.union(x, y)
+            return True
+        if sx is None or sy is None:
+            leaf, node = (x, sy) if sx is None else (y, sx)
+            self.split(leaf, "sum", [self.size[k] for k in node[1]])
+            return True
+        gx, gy = self.segments(x), self.segments(y)
+        zx, zy = [self.size[k] for k in gx], [self.size[k] for k in gy]
+        if zx != zy:
+            offs = set(np.cumsum(zx).tolist()) | set(np.cumsum(zy).tolist())
+            for segs in (gx, gy):
+                start = 0
+                for seg in segs:
+                    inner = sorted(o - start for o in offs if start < o < start + self.size[seg])
+                    if inner:
+                        if seg in self.kids:
+                            return False
+                        edges = [0] + inner + [self.size[seg]]
+                        self.split(seg, "sum", [b - a for a, b in zip(edges, edges[1:])])
+                        return True
+                    start += self.size[seg]
+            return False
+        return all(self.join((p,), (q,)) for p, q in zip(gx, gy))
+
+
+class Trace(NamedTuple):
+    """What one walk recorded besides the classes.
+
+    >>> Trace([], [], []).producers
+    []
+    """
+
+    producers: list  # (leaf index, atom): a kernel's free axis, an embedding table's feature axis
+    attention: list  # (contracted, batch, out) atoms of activation x activation products
+    reduced: list  # (primitive, reduced atoms, kept atoms)
+
+
+def fresh(atoms: Atoms, shape: Sequence[int], reason: Optional[str] = None) -> tuple[Layout, ...]:
+    """A layout of new atoms for ``shape`` (optionally refused with ``reason``).
+
+    >>> fresh(Atoms(), (1, 3))
+    ((), (0,))
+    """
+    out = tuple(() if n == 1 else (atoms.new(n),) for n in shape)
+    if reason:
+        atoms.flag([a for ax in out for a in ax], reason)
+    return out
+
+
+_ELEMENTWISE = frozenset("""
+abs acos acosh add add_any and asin asinh atan atan2 atanh cbrt ceil clamp clz complex conj cos cosh
+digamma div eq erf erf_inv erfc exp exp2 expm1 floor ge gt igamma imag integer_pow is_finite le lgamma
+log log1p logistic lt max min mul ne neg nextafter not or population_count pow real reduce_precision
+rem round rsqrt select_n shift_left shift_right_arithmetic shift_right_logical sign sin sinh sqrt
+square sub tan tanh xor convert_element_type copy copy_p sharding_constraint
+mesh_cast reshard stop_gradient
+""".split())
+# Ops that keep a parameter a parameter (its axes re-laid out, no arithmetic across entries).
+_RELAYOUT = frozenset("convert_element_type copy copy_p reduce_precision reshape transpose squeeze "
+                      "broadcast_in_dim sharding_constraint mesh_cast reshard".split())
+_REDUCE = frozenset("reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or reduce_xor "
+                    "argmax argmin".split())
+_ALONG = frozenset("cumsum cumprod cummax cummin cumlogsumexp".split())
+_SOURCES = frozenset("iota random_bits random_seed random_wrap random_unwrap random_split "
+                     "random_fold_in threefry2x32 rng_bit_generator rng_uniform".split())
+_INLINE = frozenset("pjit jit closed_call core_call remat checkpoint custom_jvp_call custom_vjp_call "
+                    "custom_vjp_call_jaxpr custom_lin".split())
+
+
+def _body(eqn: Any) -> Optional[Any]:
+    """The sub-jaxpr of an inlinable call taking exactly the equation's operands."""
+    for val in eqn.params.values():
+        body = getattr(val, "jaxpr", val)
+        if hasattr(body, "eqns") and len(body.invars) == len(eqn.invars) \
+                and len(body.outvars) == len(eqn.outvars):
+            return val
+    return None
+
+
+def _flat(layout: Sequence[Layout]) -> list[int]:
+    return [a for ax in layout for a in ax]
+
+
+class _Walker:
+    def __init__(self, atoms: Atoms, rec: Trace) -> None:
+        self.A, self.rec = atoms, rec
+
+    def refuse(self, vals: Sequence[Val], reason: str) -> None:
+        self.A.flag([a for v in vals for a in _flat(v.layout)], reason)
+
+    def join_all(self, layouts: Sequence[Layout], reason: str) -> None:
+        for other in layouts[1:]:
+            if not self.A.join(layouts[0], other):
+                self.A.flag(list(layouts[0]) + list(other), reason)
+
+    def run(self, jaxpr: Any, ins: Sequence[Val]) -> list[Val]:
+        jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+        env: dict[Any, Val] = {}
+        for var in jaxpr.constvars:
+            env[var] = Val(fresh(self.A, var.aval.shape, "constant array"), None)
+        for var, val in zip(jaxpr.invars, ins):
+            env[var] = val
+
+        def read(v: Any) -> Val:
+            if isinstance(v, jex_core.Literal) or v not in env:
+                return Val(fresh(self.A, v.aval.shape), None)
+            return env[v]
+
+        for eqn in jaxpr.eqns:
+            outs = self.eqn(eqn, [read(v) for v in eqn.invars])
+            for var, val in zip(eqn.outvars, outs):
+                env[var] = val
+        return [read(v) for v in jaxpr.outvars]
+
+    def eqn(self, eqn: Any, ins: list[Val]) -> list[Val]:
+        name, p = eqn.primitive.name, eqn.params
+        shapes = [tuple(v.aval.shape) for v in eqn.invars]
+        out_shapes = [tuple(v.aval.shape) for v in eqn.outvars]
+        origin = ins[0].origin if ins and name in _RELAYOUT else None
+        rule = getattr(self, "r_" + name, None)
+        if name in _INLINE and _body(eqn) is not None:
+            return self.run(_body(eqn), ins)
+        if name in _ELEMENTWISE and all(len(s) in (0, len(out_shapes[0])) for s in shapes):
+            # Operands may broadcast their size-1 axes: only full-size axes align.
+            layout = list(fresh(self.A, out_shapes[0]))
+            for axis, n in enumerate(out_shapes[0]):
+                full = [v.layout[axis] for v, s in zip(ins, shapes) if len(s) and s[axis] == n]
+                if full:
+                    self.join_all(full, f"'{name}' mixes units")
+                    layout[axis] = full[0]
+            return [Val(tuple(layout), origin)]
+        if name in _SOURCES:
+            return [Val(fresh(self.A, s), None) for s in out_shapes]
+        if rule is not None:
+            out = rule(eqn, ins, shapes, out_shapes, p)
+            if out is not None:
+                return [Val(lay, origin if i == 0 else None) for i, lay in enumerate(out)]
+        kind = "body" if any(hasattr(getattr(v, "jaxpr", v), "eqns") for v in p.values()) else "op"
+        reason = f"'{name}' body" if kind == "body" else f"unknown primitive '{name}'"
+        self.refuse(ins, reason)
+        return [Val(fresh(self.A, s, reason), None) for s in out_shapes]
+
+    # Each rule returns the output layouts, or None to fall back to refusing the equation.
+
+    def r_broadcast_in_dim(self, eqn, ins, shapes, outs, p):
+        out = list(fresh(self.A, outs[0]))
+        for a, b in enumerate(p["broadcast_dimensions"]):
+            if shapes[0][a] == outs[0][b]:
+                out[b] = ins[0].layout[a]
+        return [tuple(out)]
+
+    def r_reshape(self, eqn, ins, shapes, outs, p):
+        if p.get("dimensions") is not None:
+            return None
+        carved = self.A.carve(_flat(ins[0].layout), outs[0])
+        if carved is None:
+            self.refuse(ins[:1], "'reshape' mixes units")
+            return [fresh(self.A, outs[0], "'reshape' mixes units")]
+        return [tuple(carved)]
+
+    def r_squeeze(self, eqn, ins, shapes, outs, p):
+        drop = {d % len(shapes[0]) for d in p["dimensions"]}
+        return [tuple(ax for i, ax in enumerate(ins[0].layout) if i not in drop)]
+
+    def r_transpose(self, eqn, ins, shapes, outs, p):
+        return [tuple(ins[0].layout[a] for a in p["permutation"])]
+
+    def _reduce(self, name, lay, axes):
+        kept = [ax for i, ax in enumerate(lay) if i not in axes]
+        gone = [a for i, ax in enumerate(lay) if i in axes for a in ax]
+        self.rec.reduced.append((name, gone, [a for ax in kept for a in ax]))
+        return tuple(kept)
+
+    def _r_reduce(self, eqn, ins, shapes, outs, p):
+        name, axes = eqn.primitive.name, set(p["axes"])
+        if name in ("argmax", "argmin"):
+            self.A.flag([a for i in axes for a in ins[0].layout[i]], f"'{name}' over units")
+        return [self._reduce(name, ins[0].layout, axes)]
+
+    def _r_along(self, eqn, ins, shapes, outs, p):
+        self.A.flag(list(ins[0].layout[p["axis"]]), f"'{eqn.primitive.name}' along the axis")
+        return [ins[0].layout]
+
+    def r_rev(self, eqn, ins, shapes, outs, p):
+        self.A.flag([a for d in p["dimensions"] for a in ins[0].layout[d]], "'rev' along the axis")
+        return [ins[0].layout]
+
+    def r_dot_general(self, eqn, ins, shapes, outs, p):
+        (lc, rc), (lb, rb) = p["dimension_numbers"]
+        L, R = ins[0].layout, ins[1].layout
+        for a, b in (*zip(lc, rc), *zip(lb, rb)):
+            self.join_all([L[a], R[b]], "'dot_general' mixes units")
+        lf = [L[i] for i in range(len(L)) if i not in lc and i not in lb]
+        rf = [R[i] for i in range(len(R)) if i not in rc and i not in rb]
+        out = tuple([L[i] for i in lb] + lf + rf)
+        kernels = [(v.origin, free) for v, free in ((ins[0], lf), (ins[1], rf)) if v.origin is not None]
+        if len(kernels) == 1:
+            self.rec.producers.append((kernels[0][0], _flat(kernels[0][1])))
+        elif not kernels:
+            self.rec.attention.append(([a for i in lc for a in L[i]], _flat(lf) + _flat(rf),
+                                       _flat(out)))
+        return [out]
+
+    def r_conv_general_dilated(self, eqn, ins, shapes, outs, p):
+        lhs, rhs, out_spec = p["dimension_numbers"]
+        if p["batch_group_count"] != 1:
+            return None
+        L, R = ins[0].layout, ins[1].layout
+        g = p["feature_group_count"]
+        feat, w_in, w_out = L[lhs[1]], R[rhs[1]], R[rhs[0]]
+        if g == 1:
+            self.join_all([feat, w_in], "'conv_general_dilated' mixes units")
+        else:
+            cin, cout = shapes[0][lhs[1]], shapes[1][rhs[0]]
+            fa = self.A.carve(feat, [g, cin // g])
+            wa = self.A.carve(w_out, [g, cout // g])
+            if fa is None or wa is None:
+                return None
+            self.join_all([fa[0], wa[0]], "grouped 'conv_general_dilated' mixes units")
+            self.join_all([fa[1], w_in], "grouped 'conv_general_dilated' mixes units")
+            if cin // g > 1:
+                self.A.mark(list(fa[0]), "groups")
+        if ins[1].origin is not None and ins[0].origin is None:
+            self.rec.producers.append((ins[1].origin, list(w_out)))
+        self.A.flag([a for d in rhs[2:] for a in R[d]], "convolution window")
+        out = list(fresh(self.A, outs[0]))
+        out[out_spec[0]], out[out_spec[1]] = L[lhs[0]], w_out
+        return [tuple(out)]
+
+    def r_gather(self, eqn, ins, shapes, outs, p):
+        dn, sizes = p["dimension_numbers"], p["slice_sizes"]
+        if dn.operand_batching_dims:
+            return None
+        table, idx = ins[0].layout, ins[1].layout
+        kept = [a for a in range(len(table)) if a not in dn.collapsed_slice_dims]
+        out = list(fresh(self.A, outs[0]))
+        batch = [d for d in range(len(outs[0])) if d not in dn.offset_dims]
+        for d, lay in zip(batch, idx[:-1]):
+            out[d] = lay
+        passed = []
+        for a in range(len(table)):
+            if a in dn.start_index_map or a in dn.collapsed_slice_dims:
+                self.A.flag(list(table[a]), "indexed by 'gather'")
+            elif sizes[a] != shapes[0][a]:
+                self.A.flag(list(table[a]), "partial 'gather' slice")
+        for d, a in zip(dn.offset_dims, kept):
+            if a not in dn.start_index_map and sizes[a] == shapes[0][a]:
+                out[d] = table[a]
+                passed += table[a]
+        if ins[0].origin is not None:
+            self.rec.producers.append((ins[0].origin, passed))
+        return [tuple(out)]
+
+    def _sum_axis(self, lay: Layout, sizes: Sequence[int]) -> Optional[list[tuple]]:
+        total = self.A.new(sum(sizes))
+        self.A.split(total, "sum", sizes)
+        if not self.A.join((total,), lay):
+            return None
+        return [(k,) if self.A.size[k] > 1 else () for k in self.A.kids[total][1]]
+
+    def r_concatenate(self, eqn, ins, shapes, outs, p):
+        d = p["dimension"]
+        for axis in range(len(outs[0])):
+            if axis != d:
+                self.join_all([v.layout[axis] for v in ins], "'concatenate' mixes units")
+        total = self.A.new(outs[0][d])
+        self.A.split(total, "sum", [s[d] for s in shapes])
+        for seg, v in zip(self.A.kids[total][1], ins):
+            if not self.A.join((seg,), v.layout[d]):
+                self.A.flag([seg, *v.layout[d]], "'concatenate' mixes units")
+        out = list(ins[0].layout)
+        out[d] = (total,)
+        return [tuple(out)]
+
+    def r_split(self, eqn, ins, shapes, outs, p):
+        d = p["axis"]
+        segs = self._sum_axis(ins[0].layout[d], p["sizes"])
+        if segs is None:
+            return None
+        return [tuple(seg if i == d else ax for i, ax in enumerate(ins[0].layout)) for seg in segs]
+
+    def r_slice(self, eqn, ins, shapes, outs, p):
+        out = list(ins[0].layout)
+        strides = p["strides"] or (1,) * len(outs[0])
+        for d, (lo, hi, st) in enumerate(zip(p["start_indices"], p["limit_indices"], strides)):
+            n = shapes[0][d]
+            if lo == 0 and hi == n and st == 1:
+                continue
+            if st != 1:
+                self.A.flag(list(out[d]), "strided 'slice'")
+                out[d] = fresh(self.A, (outs[0][d],), "strided 'slice'")[0]
+                continue
+            parts = [s for s in (lo, hi - lo, n - hi) if s]
+            segs = self._sum_axis(out[d], parts)
+            if segs is None:
+                self.A.flag(list(out[d]), "'slice' mixes units")
+                out[d] = fresh(self.A, (outs[0][d],), "'slice' mixes units")[0]
+            else:
+                out[d] = segs[1 if lo else 0]
+        return [tuple(out)]
+
+    def _per_axis(self, ins, shapes, outs, same, reason):
+        out = list(ins[0].layout)
+        for d, ok in enumerate(same):
+            if not ok:
+                self.A.flag(list(out[d]), reason)
+                out[d] = fresh(self.A, (outs[0][d],), reason)[0]
+        return [tuple(out)]
+
+    def r_pad(self, eqn, ins, shapes, outs, p):
+        same = [tuple(c) == (0, 0, 0) for c in p["padding_config"]]
+        return self._per_axis(ins, shapes, outs, same, "'pad' on the axis")
+
+    def r_dynamic_slice(self, eqn, ins, shapes, outs, p):
+        same = [a == b for a, b in zip(shapes[0], outs[0])]
+        return self._per_axis(ins, shapes, outs, same, "'dynamic_slice' on the axis")
+
+    def r_dynamic_update_slice(self, eqn, ins, shapes, outs, p):
+        for d, (a, b) in enumerate(zip(shapes[0], shapes[1])):
+            if a == b:
+                self.join_all([ins[0].layout[d], ins[1].layout[d]], "'dynamic_update_slice'")
+            else:
+                self.A.flag([*ins[0].layout[d], *ins[1].layout[d]], "'dynamic_update_slice' on the axis")
+        return [ins[0].layout]
+
+    def _r_window(self, eqn, ins, shapes, outs, p):
+        same = [w == 1 and s == 1 and tuple(pd) == (0, 0) for w, s, pd in
+                zip(p["window_dimensions"], p["window_strides"], p["padding"])]
+        return self._per_axis(ins, shapes, outs, same, f"'{eqn.primitive.name}' window on the axis")
+
+    def r_optimization_barrier(self, eqn, ins, shapes, outs, p):
+        return [v.layout for v in ins]
+
+
+for _n in _REDUCE:
+    setattr(_Walker, "r_" + _n, _Walker._r_reduce)
+for _n in _ALONG:
+    setattr(_Walker, "r_" + _n, _Walker._r_along)
+for _n in ("reduce_window_sum", "reduce_window_max", "reduce_window_min"):
+    setattr(_Walker, "r_" + _n, _Walker._r_window)
+
+
+def walk(jaxpr: Any, ins: Sequence[Val], atoms: Atoms) -> tuple[list[Val], Trace]:
+    """Apply the rules to every equation of ``jaxpr`` (a Jaxpr or ClosedJaxpr) given its inputs.
+
+    >>> import jax, jax.numpy as jnp
+    >>> a = Atoms()
+    >>> w, x = Val(fresh(a, (3, 4)), 0), Val(fresh(a, (2, 3)), None)
+    >>> jp = jax.make_jaxpr(lambda w, x: x @ w)(jnp.ones((3, 4)), jnp.ones((2, 3)))
+    >>> outs, rec = walk(jp, [w, x], a)
+    >>> a.find(w.layout[0][0]) == a.find(x.layout[1][0]), rec.producers
+    (True, [(0, [1])])
+    """
+    rec = Trace([], [], [])
+    return _Walker(atoms, rec).run(jaxpr, list(ins)), rec
