@@ -56,7 +56,7 @@ from jaxprune.paths import flatten_with_paths
 __all__ = ["rebuild", "LINEN_RULES", "NNX_RULES", "changed_shapes"]
 
 Shapes = Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]]  # param name -> (old shape, new shape)
-Rule = Callable[[Any, Shapes, tuple], dict]
+Rule = Callable[[Any, Shapes, tuple, Mapping[str, int]], dict]
 
 
 def _new(shapes: Shapes, name: str) -> tuple[int, ...]:
@@ -68,18 +68,18 @@ def _like(old: Any, values: Sequence[int]) -> Any:
     return int(values[-1]) if isinstance(old, (int, np.integer)) else tuple(int(v) for v in values)
 
 
-def _dense(m, shapes, args):
+def _dense(m, shapes, args, hint):
     return {"features": _new(shapes, "kernel")[-1]} if "kernel" in shapes else {}
 
 
-def _dense_general(m, shapes, args):
+def _dense_general(m, shapes, args, hint):
     if "kernel" not in shapes:
         return {}
     n = 1 if isinstance(m.features, int) else len(m.features)
     return {"features": _like(m.features, _new(shapes, "kernel")[-n:])}
 
 
-def _conv(m, shapes, args):
+def _conv(m, shapes, args, hint):
     if "kernel" not in shapes:
         return {}
     kernel = _new(shapes, "kernel")
@@ -90,34 +90,36 @@ def _conv(m, shapes, args):
     return out
 
 
-def _conv_transpose(m, shapes, args):
+def _conv_transpose(m, shapes, args, hint):
     if "kernel" not in shapes:
         return {}
     kernel = _new(shapes, "kernel")
     return {"features": kernel[-2] if m.transpose_kernel else kernel[-1]}
 
 
-def _embed(m, shapes, args):
+def _embed(m, shapes, args, hint):
     if "embedding" not in shapes:
         return {}
     rows, cols = _new(shapes, "embedding")
     return {"num_embeddings": rows, "features": cols}
 
 
-def _einsum(m, shapes, args):
+def _einsum(m, shapes, args, hint):
     return {"shape": _new(shapes, "kernel")} if "kernel" in shapes else {}
 
 
-def _no_attributes(m, shapes, args):
+def _no_attributes(m, shapes, args, hint):
     # Norm params take their shape from the input, so flax's check passes without any change.
     return {}
 
 
-def _linen_group_norm(m, shapes, args):
+def _linen_group_norm(m, shapes, args, hint):
     name = "scale" if "scale" in shapes else "bias"
     if name not in shapes:
         return {}
     (old,), (new,) = shapes[name]
+    if "groups" in hint:
+        return {"num_groups": hint["groups"], "group_size": None}
     groups = m.num_groups if m.group_size is None else old // m.group_size
     size = old // groups
     # Whole groups removed is preferred: the kept groups' statistics stay what they were.
@@ -148,7 +150,7 @@ LINEN_RULES: dict[type, Rule] = {
     nn.GroupNorm: _linen_group_norm,
 }
 """Size attributes of flax's linen layers, from the new shapes of their own params (``rule(module,
-{param: (old, new)}, call_args) -> {attribute: value}``). ``MultiHeadDotProductAttention`` owns no
+{param: (old, new)}, call_args, hint) -> {attribute: value}``). ``MultiHeadDotProductAttention`` owns no
 params: its query/key/value/out ``DenseGeneral`` children are resized, and the attention follows their
 kernels."""
 
@@ -243,7 +245,7 @@ def _linen_path(m: Any) -> str:
 
 
 def _linen_resize(module: Any, table: Mapping[tuple, Shapes], overrides: Mapping[str, Mapping[str, Any]],
-                  root: tuple, args: tuple) -> None:
+                  hints: Mapping[str, Mapping[str, int]], root: tuple, args: tuple) -> None:
     scope = getattr(module, "scope", None)
     if scope is None or tuple(scope.path[:len(root)]) != root:
         return
@@ -254,7 +256,7 @@ def _linen_resize(module: Any, table: Mapping[tuple, Shapes], overrides: Mapping
     shapes = table.get(rel, {})
     rule = _rule_for(LINEN_RULES, module)
     if rule is not None:
-        attrs = rule(module, shapes, args)
+        attrs = rule(module, shapes, args, hints.get(where, {}))
     else:  # the user's overrides replace the guess for their own module
         attrs = {} if where in overrides else _user_rule(module, shapes, where, strict=True)
     attrs = {**attrs, **overrides.get(where, {})}
@@ -275,16 +277,17 @@ def _methods(cls: type) -> list[str]:
     return sorted(n for n in names if callable(getattr(cls, n, None)))
 
 
-def _linen_subclass(cls: type, table: Mapping[tuple, Shapes], overrides: Mapping[str, Mapping[str, Any]]):
+def _linen_subclass(cls: type, table: Mapping[tuple, Shapes], overrides: Mapping[str, Mapping[str, Any]],
+                    hints: Mapping[str, Mapping[str, int]]):
     def wrap(name: str, orig: Callable) -> Callable:
         def method(self, *args, **kwargs):
             root = tuple(self.scope.path) if self.scope is not None else ()
 
             def interceptor(fun, a, kw, context):
-                _linen_resize(context.module, table, overrides, root, a)
+                _linen_resize(context.module, table, overrides, hints, root, a)
                 return fun(*a, **kw)
 
-            _linen_resize(self, table, overrides, root, args)
+            _linen_resize(self, table, overrides, hints, root, args)
             with nn.intercept_methods(interceptor):
                 return orig(self, *args, **kwargs)
 
@@ -299,11 +302,11 @@ def _linen_subclass(cls: type, table: Mapping[tuple, Shapes], overrides: Mapping
     return type(cls.__name__, (cls,), namespace)
 
 
-def _rebuild_linen(model: nn.Module, variables: Any, new_variables: Any, overrides) -> nn.Module:
+def _rebuild_linen(model: nn.Module, variables: Any, new_variables: Any, overrides, hints) -> nn.Module:
     old = variables.get("params", {}) if hasattr(variables, "get") else variables
     new = new_variables.get("params", {}) if hasattr(new_variables, "get") else new_variables
     table = changed_shapes(old, new)
-    sub = _linen_subclass(type(model), table, overrides)
+    sub = _linen_subclass(type(model), table, overrides, hints)
     return sub(**{f.name: getattr(model, f.name) for f in dataclasses.fields(model)
                   if f.init and f.name not in ("parent",)})
 
@@ -315,38 +318,40 @@ def _shape(m, name):
     return None if var is None else tuple(np.shape(var[...]))
 
 
-def _nnx_linear(m, s):
+def _nnx_linear(m, s, hint=None):
     k = _shape(m, "kernel")
     return {"in_features": k[0], "out_features": k[1]}
 
 
-def _nnx_linear_general(m, s):
+def _nnx_linear_general(m, s, hint=None):
     k = _shape(m, "kernel")
     nb, ni = len(getattr(m, "batch_axis", {}) or {}), len(m.in_features)
     return {"in_features": tuple(k[nb:nb + ni]), "out_features": _like(m.out_features, k[nb + ni:])}
 
 
-def _nnx_conv(m, s):
+def _nnx_conv(m, s, hint=None):
     k = _shape(m, "kernel")
     groups = m.feature_group_count
-    if groups != 1 and s["kernel"][0][-2] == 1:
+    if groups != 1 and hint and "groups" in hint:
+        groups = hint["groups"]
+    elif groups != 1 and s["kernel"][0][-2] == 1:
         # Depthwise: each group keeps its channel multiplier, so the group count follows the output.
         groups = k[-1] // (s["kernel"][0][-1] // m.feature_group_count)
     return {"out_features": k[-1], "in_features": k[-2] * groups, "feature_group_count": groups}
 
 
-def _nnx_conv_transpose(m, s):
+def _nnx_conv_transpose(m, s, hint=None):
     k = _shape(m, "kernel")
     return ({"in_features": k[-1], "out_features": k[-2]} if m.transpose_kernel else
             {"in_features": k[-2], "out_features": k[-1]})
 
 
-def _nnx_embed(m, s):
+def _nnx_embed(m, s, hint=None):
     rows, cols = _shape(m, "embedding")
     return {"num_embeddings": rows, "features": cols}
 
 
-def _nnx_norm(m, s):
+def _nnx_norm(m, s, hint=None):
     for name in ("scale", "bias", "mean", "var"):
         shape = _shape(m, name) if isinstance(getattr(m, name, None), nnx.Variable) else None
         if shape is not None:
@@ -354,10 +359,12 @@ def _nnx_norm(m, s):
     return {}
 
 
-def _nnx_group_norm(m, s):
+def _nnx_group_norm(m, s, hint):
     (new,) = _nnx_norm(m, s).values() or (None,)
     if new is None:
         return {}
+    if "groups" in hint:
+        return {"num_groups": hint["groups"], "group_size": new // hint["groups"]}
     if new % m.group_size == 0:
         return {"num_groups": new // m.group_size}
     if new % m.num_groups == 0:
@@ -367,13 +374,13 @@ def _nnx_group_norm(m, s):
                        "divides; pass overrides={path: {'num_groups': ..., 'group_size': ...}}")
 
 
-def _nnx_attention(m, s):
+def _nnx_attention(m, s, hint=None):
     q, k, o = (_shape(getattr(m, n), "kernel") for n in ("query", "key", "out"))
     return {"in_features": q[0], "num_heads": q[1], "head_dim": q[2], "qkv_features": q[1] * q[2],
             "in_kv_features": k[0], "num_kv_heads": k[1], "out_features": o[-1]}
 
 
-def _nnx_einsum(m, s):
+def _nnx_einsum(m, s, hint=None):
     return {"kernel_shape": _shape(m, "kernel")}
 
 
@@ -391,10 +398,10 @@ NNX_RULES: dict[type, Callable[[Any, Shapes], dict]] = {
     nnx.MultiHeadAttention: _nnx_attention,
 }
 """Size attributes of flax's nnx layers, read from their (already replaced) arrays
-(``rule(module, {own leaf: (old, new)}) -> {attribute: value}``)."""
+(``rule(module, {own leaf: (old, new)}, hint) -> {attribute: value}``)."""
 
 
-def _rebuild_nnx(model: nnx.Module, new_state: Any, overrides) -> nnx.Module:
+def _rebuild_nnx(model: nnx.Module, new_state: Any, overrides, hints) -> nnx.Module:
     table = changed_shapes(nnx.state(model, _filters(new_state)), new_state)
     new_model = nnx.clone(model)
     nnx.update(new_model, new_state)
@@ -406,7 +413,7 @@ def _rebuild_nnx(model: nnx.Module, new_state: Any, overrides) -> nnx.Module:
         shapes = table.get(path, {})
         if rule is not None:
             # Attention's params live in its children, so a rule runs when anything below it changed.
-            attrs = rule(module, shapes) if path in changed_modules else {}
+            attrs = rule(module, shapes, hints.get(where, {})) if path in changed_modules else {}
         else:
             attrs = _user_rule(module, shapes, where, strict=False) if shapes and where not in overrides else {}
         attrs = {**attrs, **overrides.get(where, {})}
@@ -428,7 +435,8 @@ def _filters(state: Any) -> Any:
 
 def rebuild(model: Any, variables: Any, new_variables: Any, *, example_args: tuple = (),
             example_kwargs: Optional[Mapping[str, Any]] = None,
-            overrides: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Any:
+            overrides: Optional[Mapping[str, Mapping[str, Any]]] = None,
+            hints: Optional[Mapping[str, Mapping[str, int]]] = None) -> Any:
     """A model like ``model`` that runs with ``new_variables`` (some axes smaller than in ``variables``).
 
     * linen: ``model`` a module, ``variables`` its original variables, ``new_variables`` the smaller
@@ -439,7 +447,9 @@ def rebuild(model: Any, variables: Any, new_variables: Any, *, example_args: tup
       ``nnx.state(model, nnx.Param, nnx.BatchStat)`` shrunk); returns a new module, ``model`` is
       untouched.
 
-    ``overrides`` (``{'module/path': {attribute: value}}``) sets attributes the rules cannot infer.
+    ``overrides`` (``{'module/path': {attribute: value}}``) sets attributes the rules cannot infer;
+    ``hints`` (``{'module/path': {'groups': n}}``) says how many groups a GroupNorm or grouped conv
+    keeps where its channel count alone cannot tell (``prune_structured`` reads them from the graph).
     With ``example_args`` the result is run abstractly once; a shape mismatch raises
     :class:`~jaxprune.errors.PruningError` naming the module.
 
@@ -451,15 +461,15 @@ def rebuild(model: Any, variables: Any, new_variables: Any, *, example_args: tup
     >>> small.out_features, small(jnp.ones((1, 3))).shape, m.out_features
     (2, (1, 2), 4)
     """
-    overrides = dict(overrides or {})
+    overrides, hints = dict(overrides or {}), dict(hints or {})
     kwargs = dict(example_kwargs or {})
     if isinstance(model, nn.Module):
-        new = _rebuild_linen(model, variables, new_variables, overrides)
+        new = _rebuild_linen(model, variables, new_variables, overrides, hints)
         if example_args:
             _check(lambda: jax.eval_shape(lambda v: new.apply(v, *example_args, **kwargs), new_variables))
         return new
     if isinstance(model, nnx.Module):
-        new = _rebuild_nnx(model, new_variables, overrides)
+        new = _rebuild_nnx(model, new_variables, overrides, hints)
         if example_args:
             graphdef, state = nnx.split(new)
             _check(lambda: jax.eval_shape(lambda s: nnx.merge(graphdef, s)(*example_args, **kwargs), state))
