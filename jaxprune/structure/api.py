@@ -116,7 +116,7 @@ def structured_plan(model: Any, variables: Any, example_input: Any, sparsity: fl
                     importance: Any = "l2", ignore: Sequence[str] = (), round_to: Optional[int] = None,
                     global_: bool = False, *, min_keep: int = 1, loss_fn: Optional[Callable] = None,
                     batch: Any = None, grads: Any = None, batches: Any = None,
-                    key: Optional[jax.Array] = None,
+                    key: Optional[jax.Array] = None, head_dim: bool = False,
                     apply_kwargs: Optional[Mapping[str, Any]] = None) -> StructuredPlan:
     """Trace, score and select: which units of which groups go (nothing is shrunk yet).
 
@@ -125,6 +125,11 @@ def structured_plan(model: Any, variables: Any, example_input: Any, sparsity: fl
     (``key=``), an activation criterion of :data:`jaxprune.neurons.CRITERIA` (``entropy``, ``apoz``,
     ``hoyer``, ``stability``, ``variance``; measured on ``batches``, default the example input), or a
     callable ``(graph, variables) -> {group id: scores}``.
+
+    Attention loses whole heads; ``head_dim`` groups are kept unless ``head_dim=True``: flax's
+    attention scales the logits by ``1/sqrt(head_dim)`` read from the shape (a narrower q·k changes
+    the softmax temperature, so the shrunk model would differ from the masked one), and
+    ``jax.nn.dot_product_attention`` wants the values' head_dim equal to the queries'.
 
     >>> import jax.numpy as jnp
     >>> f = lambda p, x: jnp.tanh(x @ p['a']) @ p['b']
@@ -158,8 +163,9 @@ def structured_plan(model: Any, variables: Any, example_input: Any, sparsity: fl
     else:
         raise PruningError(f"prune_structured: unknown importance {importance!r}; known: "
                            f"{sorted(set(WEIGHT_CRITERIA) | set(CRITERIA))} or a callable")
+    skip = () if head_dim else tuple(g.id for g in graph.groups if g.kind == "head_dim")
     keep = select_units(graph, scores, sparsity, global_=global_, round_to=round_to, min_keep=min_keep,
-                        ignore=ignore)
+                        ignore=ignore, skip=skip)
     return StructuredPlan(graph, scores, keep, kind)
 
 
@@ -201,29 +207,50 @@ def kept_shapes(plan: StructuredPlan) -> dict[str, tuple[int, ...]]:
     return {p: tuple(s) for p, s in shapes.items()}
 
 
-def _sizes_by_axis(graph: Graph) -> dict[tuple[str, int], list[int]]:
-    out: dict[tuple[str, int], list[int]] = {}
+def _partitions(graph: Graph, keep: Optional[Mapping[int, np.ndarray]] = None
+                ) -> dict[tuple[str, int], list[tuple]]:
+    """Per leaf axis, each group's units as index sets: ``[((i, j, ...), ...), ...]``, sorted.
+
+    With ``keep``, the kept units of the old graph, renumbered to the positions they take once every
+    removed index of the axis is gone (what the rebuilt model's own trace must show)."""
+    kept_on: dict[tuple[str, int], np.ndarray] = {}
+    if keep is not None:
+        for g in graph.groups:
+            mask = np.asarray(keep.get(g.id, np.ones(g.size, bool)), bool)
+            for m in g.members:
+                idx = graph.indices(m, mask)
+                where = (m.path, m.axis)
+                kept_on[where] = idx if where not in kept_on else np.intersect1d(kept_on[where], idx)
+    out: dict[tuple[str, int], list[tuple]] = {}
     for g in graph.groups:
+        units = np.arange(g.size)
+        if keep is not None:
+            units = np.flatnonzero(np.asarray(keep.get(g.id, np.ones(g.size, bool)), bool))
+        if len(units) < 2:
+            continue  # a group of one unit is no group once rebuilt
         for m in g.members:
-            out.setdefault((m.path, m.axis), []).append(g.size)
+            where = (m.path, m.axis)
+            rows = []
+            for u in units:
+                idx = m.unit_indices([u])
+                if keep is not None:
+                    idx = np.searchsorted(kept_on[where], np.intersect1d(idx, kept_on[where]))
+                rows.append(tuple(int(i) for i in idx))
+            out.setdefault(where, []).append(tuple(rows))
     return {k: sorted(v) for k, v in out.items()}
 
 
 def _check_regrouped(plan: StructuredPlan, new_graph: Graph) -> None:
-    want: dict[tuple[str, int], list[int]] = {}
-    for g in plan.graph.groups:
-        n = int(np.sum(plan.keep[g.id])) if g.id in plan.keep else g.size
-        for m in g.members:
-            want.setdefault((m.path, m.axis), []).append(n)
-    got = _sizes_by_axis(new_graph)
-    for where, sizes in want.items():
-        sizes = sorted(s for s in sizes if s > 1)
-        if got.get(where, []) != sizes:
+    want, got = _partitions(plan.graph, plan.keep), _partitions(new_graph)
+    for where, parts in want.items():
+        if got.get(where, []) != parts:
+            sizes = sorted(len(p) for p in got.get(where, []))
             raise PruningError(
-                f"prune_structured: the rebuilt model splits leaf '{where[0]}' axis {where[1]} into units "
-                f"of sizes {got.get(where, [])}, but the kept units have sizes {sizes}: some module "
-                "decides a shape by an attribute the rebuild cannot see (e.g. a reshape to a fixed head "
-                "count); pass overrides={'module/path': {attribute: value}}")
+                f"prune_structured: the rebuilt model does not lay out the kept units of leaf '{where[0]}' "
+                f"axis {where[1]} as the pruned model does (its units: {sizes}, expected "
+                f"{sorted(len(p) for p in parts)}): some module decides a shape by an attribute the "
+                "rebuild cannot see (e.g. a reshape to a fixed head count); pass "
+                "overrides={'module/path': {attribute: value}}")
 
 
 def apply_plan(plan: StructuredPlan, model: Any, variables: Any, example_input: Any, *,

@@ -218,8 +218,9 @@ def _lowest(scores: np.ndarray, n: int) -> np.ndarray:
 
 def select_units(graph: Graph, scores: Mapping[int, Any], sparsity: float, *, global_: bool = False,
                  round_to: Optional[int] = None, min_keep: int = 1,
-                 ignore: Sequence[str] = ()) -> dict[int, np.ndarray]:
-    """``{group id: (size,) bool}`` (True = kept) for every prunable, not ignored group.
+                 ignore: Sequence[str] = (), skip: Sequence[int] = ()) -> dict[int, np.ndarray]:
+    """``{group id: (size,) bool}`` (True = kept) for every prunable group that no ``ignore`` glob
+    names and whose id is not in ``skip``.
 
     >>> import jax.numpy as jnp
     >>> from jaxprune.structure.graph import trace
@@ -234,7 +235,7 @@ def select_units(graph: Graph, scores: Mapping[int, Any], sparsity: float, *, gl
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer))
                                  or round_to < 1):
         raise PruningError(f"round_to must be a positive integer or None, got {round_to!r}")
-    skip = ignored_groups(graph, ignore)
+    skip = ignored_groups(graph, ignore) | set(skip)
     groups = [g for g in graph.groups if g.prunable and g.id not in skip]
     arrays = {}
     for g in groups:
