@@ -11,7 +11,7 @@ pruned and, if not, why (a model input or output, or an op the rules do not unde
 
 >>> import jax.numpy as jnp
 >>> p = {'w1': jnp.ones((3, 8)), 'b1': jnp.zeros(8), 'w2': jnp.ones((8, 2))}
->>> f = lambda p, x: jnp.maximum(x @ p['w1'] + p['b1'], 0.0) @ p['w2']
+>>> f = lambda p, x: jnp.maximum(x @ p['w1'] + p['b1'][None], 0.0) @ p['w2']
 >>> g = trace(f, p, jnp.ones((4, 3)))
 >>> [(gr.size, gr.prunable, [m.path for m in gr.members]) for gr in g.groups if gr.size == 8]
 [(8, True, ['b1', 'w1', 'w2'])]

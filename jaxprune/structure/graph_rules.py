@@ -519,8 +519,25 @@ class _Walker:
         return [tuple(out)]
 
     def r_pad(self, eqn, ins, shapes, outs, p):
-        same = [tuple(c) == (0, 0, 0) for c in p["padding_config"]]
-        return self._per_axis(ins, shapes, outs, same, "'pad' on the axis")
+        # Padding at the ends makes the axis a sum (pad, operand, pad); the padded units are
+        # constants, so they are refused, while the operand's units stay prunable.
+        out = list(ins[0].layout)
+        for d, (lo, hi, mid) in enumerate(p["padding_config"]):
+            if (lo, hi, mid) == (0, 0, 0):
+                continue
+            if mid or lo < 0 or hi < 0:
+                self.A.flag(list(out[d]), "'pad' on the axis")
+                out[d] = fresh(self.A, (outs[0][d],), "'pad' on the axis")[0]
+                continue
+            total = self.A.new(outs[0][d])
+            self.A.split(total, "sum", [s for s in (lo, shapes[0][d], hi) if s])
+            segs = self.A.kids[total][1]
+            if not self.A.join((segs[1 if lo else 0],), out[d]):
+                self.A.flag(list(out[d]), "'pad' on the axis")
+            self.A.flag([segs[0]] if lo else [], "zero padding")
+            self.A.flag([segs[-1]] if hi else [], "zero padding")
+            out[d] = (total,)
+        return [tuple(out)]
 
     def r_dynamic_slice(self, eqn, ins, shapes, outs, p):
         same = [a == b for a, b in zip(shapes[0], outs[0])]
