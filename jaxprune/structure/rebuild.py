@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import sys
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -297,7 +298,8 @@ def _linen_subclass(cls: type, table: Mapping[tuple, Shapes], overrides: Mapping
         return nn.compact(method) if hasattr(orig, "compact") else method
 
     namespace = {n: wrap(n, getattr(cls, n)) for n in _methods(cls)}
-    namespace["__module__"] = cls.__module__
+    # dataclasses reads the class's module from sys.modules; a class made by exec() may have none.
+    namespace["__module__"] = cls.__module__ if cls.__module__ in sys.modules else __name__
     namespace["__qualname__"] = cls.__qualname__
     return type(cls.__name__, (cls,), namespace)
 
