@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxprune.errors import JaxpruneError
 from jaxprune.models.mobilenet import MobileNetV2
 from jaxprune.models.resnet18 import ResNet18
 from jaxprune.models.vit import ViT
@@ -88,7 +89,10 @@ def model_case(name, batches, rounds, repeats):
     x = jnp.zeros((1, *SHAPE))
     v = jax.jit(model.init)(jax.random.PRNGKey(0), x)
     t = time.perf_counter()
-    small, sv = prune_structured(model, v, x, 0.5)
+    try:
+        small, sv = prune_structured(model, v, x, 0.5)
+    except JaxpruneError as err:  # report it and go on with the other models
+        return {"model": name, "error": str(err)[:300]}
     prune_s = time.perf_counter() - t
     row = {"model": name, "prune_seconds": round(prune_s, 3),
            "flops_ratio": round(flops(model, v, SHAPE) / flops(small, sv, SHAPE), 3)}

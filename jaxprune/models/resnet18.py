@@ -35,13 +35,19 @@ def _check_image(x: jax.Array, model: str) -> None:
         raise PruningError(f"{model}: expected input of shape (N, H, W, C), got {x.shape}")
 
 
-def _block_plan(stage_channels: Sequence[int], blocks_per_stage: int) -> list[tuple[int, int]]:
-    """(channels, stride) of every block in order; the first block of stages 2.. halves the map."""
+def _block_plan(stage_channels: Sequence[int], blocks_per_stage: int) -> list[tuple[int, int, bool]]:
+    """(channels, stride, projected shortcut?) of every block in order; the first block of stages
+    2.. halves the map."""
     if int(blocks_per_stage) < 1 or len(stage_channels) == 0:
         raise PruningError(f"ResNet18: need at least one stage and one block per stage, got "
                            f"stage_channels={tuple(stage_channels)}, blocks_per_stage={blocks_per_stage}")
-    return [(int(c), 2 if s > 0 and b == 0 else 1)
-            for s, c in enumerate(stage_channels) for b in range(int(blocks_per_stage))]
+    plan, cin = [], int(stage_channels[0])
+    for s, c in enumerate(stage_channels):
+        for b in range(int(blocks_per_stage)):
+            stride = 2 if s > 0 and b == 0 else 1
+            plan.append((int(c), stride, stride != 1 or cin != int(c)))
+            cin = int(c)
+    return plan
 
 
 class ResNet18(nn.Module):
@@ -64,8 +70,10 @@ class ResNet18(nn.Module):
         plan = _block_plan(self.stage_channels, self.blocks_per_stage)
         x = nn.Conv(plan[0][0], (3, 3), padding="SAME", use_bias=False)(x)
         x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=_MOMENTUM)(x))
-        for channels, stride in plan:
-            x = BasicBlock(channels, stride, shortcut="B")(x, train=train)
+        # The projection is fixed by the architecture, not re-decided from shapes, so a structurally
+        # pruned copy (narrower stream, same attributes) keeps every block's parameters.
+        for channels, stride, project in plan:
+            x = BasicBlock(channels, stride, shortcut="B", reshape_shortcut=project)(x, train=train)
         return nn.Dense(int(self.num_classes))(jnp.mean(x, axis=(1, 2)))
 
 
@@ -118,7 +126,7 @@ class NnxResNet18(nnx.Module):
         self.Conv_0 = nnx.Conv(int(in_channels), c, (3, 3), padding="SAME", use_bias=False, rngs=rngs)
         self.BatchNorm_0 = nnx.BatchNorm(c, momentum=_MOMENTUM, rngs=rngs)
         self.num_blocks = len(plan)
-        for i, (channels, stride) in enumerate(plan):
+        for i, (channels, stride, _) in enumerate(plan):
             setattr(self, f"BasicBlock_{i}", NnxBasicBlock(c, channels, stride, rngs=rngs))
             c = channels
         self.Dense_0 = nnx.Linear(c, int(num_classes), rngs=rngs)
