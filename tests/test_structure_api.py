@@ -233,6 +233,23 @@ def test_nnx_transformer_heads_residual_and_mlp():
     assert any(not with_dims.keep[g.id].all() for g in plan.graph.groups if g.kind == "head_dim")
 
 
+def test_nnx_vit_loses_whole_heads():
+    from jaxprune.models.vit import NnxViT
+
+    model = NnxViT(10, image=(14, 14, 1), patch=7, width=16, depth=1, num_heads=4, mlp_dim=32,
+                   rngs=nnx.Rngs(0))
+    x = jax.random.normal(KEY, (2, 14, 14, 1))
+    plan = structured_plan(model, None, x, 0.25, ignore=("patch_embed",))  # heads and MLP; width kept
+    small, state = apply_plan(plan, model, None, x)
+    graphdef, full = nnx.split(model)
+    _close(small(x), nnx.merge(graphdef, plan.graph.masked(full, plan.keep))(x))
+    attn = small.blocks_0.attn
+    assert (attn.num_heads, attn.head_dim, attn.in_features) == (3, 4, 16)
+    _check_counts(plan, state)
+    q = next(p for p, _ in flatten_with_paths(state)[0] if p.endswith("attn/query/kernel"))
+    assert kept_shapes(plan)[q] == (16, 3, 4)
+
+
 class NnxDepthwise(nnx.Module):
     """A MobileNet-style block written by the user: expand, BN, depthwise, project, residual."""
 

@@ -233,13 +233,16 @@ class TwoEqual(nn.Module):
         return x @ self.param("w", nn.initializers.ones, (self.a, self.b))
 
 
-def test_linen_ambiguous_attributes_are_refused():
+def test_linen_ambiguous_attributes_are_settled_by_a_trial_or_refused():
     model, x = TwoEqual(), jnp.ones((1, 4))
     v = model.init(KEY, x)
     small, _ = _cut(v, {"params/w": {1: [0, 1]}})
+    new = rebuild(model, v, small)  # no example input to try the candidates on: refused when run
     with pytest.raises(PruningError, match=r"attributes \['a', 'b'\] all equal 4"):
-        rebuild(model, v, small, example_args=(x,))
-    new = rebuild(model, v, small, overrides={"": {"b": 2}}, example_args=(x,))
+        new.apply(small, x)
+    new = rebuild(model, v, small, overrides={"": {"b": 2}})
+    assert new.apply(small, x).shape == (1, 2)
+    new = rebuild(model, v, small, example_args=(x,))  # only b = 2 fits the smaller w
     assert new.apply(small, x).shape == (1, 2)
 
 
@@ -323,3 +326,23 @@ def test_nnx_rebuild_that_does_not_run_is_refused():
 def test_rebuild_refuses_a_non_module():
     with pytest.raises(PruningError, match="linen or nnx Module"):
         rebuild(lambda p, x: x, {}, {})
+
+
+class WidthAttn(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Dense(12, name="embed")(x)
+        h = h + nn.MultiHeadDotProductAttention(num_heads=4, name="mha")(h)  # qkv and out follow the width
+        return nn.Dense(2, name="head")(h)
+
+
+def test_linen_attention_width_no_longer_divisible_by_the_head_count():
+    model, x = WidthAttn(), jax.random.normal(KEY, (2, 5, 3))
+    v = model.init(KEY, x)
+    keep = [0, 1, 2, 4, 5, 6, 8, 9, 10, 11]  # 12 -> 10: the qkv width is the kernels', not 10 // 4
+    spec = {"params/embed/kernel": {1: keep}, "params/embed/bias": {0: keep}, "params/head/kernel": {0: keep},
+            "params/mha/out/kernel": {2: keep}, "params/mha/out/bias": {0: keep}}
+    spec |= {f"params/mha/{n}/kernel": {0: keep} for n in ("query", "key", "value")}
+    small, masked = _cut(v, spec)
+    new = rebuild(model, v, small, example_args=(x,))
+    _close(new.apply(small, x), model.apply(masked, x))

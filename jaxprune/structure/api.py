@@ -50,7 +50,7 @@ from jaxprune.structure.importance import (
 from jaxprune.structure.rebuild import rebuild
 
 __all__ = ["StructuredPlan", "structured_plan", "apply_plan", "prune_structured", "shrink_like",
-           "kept_shapes"]
+           "kept_shapes", "attention_dims"]
 
 
 class StructuredPlan(NamedTuple):
@@ -126,7 +126,8 @@ def structured_plan(model: Any, variables: Any, example_input: Any, sparsity: fl
     ``hoyer``, ``stability``, ``variance``; measured on ``batches``, default the example input), or a
     callable ``(graph, variables) -> {group id: scores}``.
 
-    Attention loses whole heads; ``head_dim`` groups are kept unless ``head_dim=True``: flax's
+    Attention loses whole heads (:func:`attention_dims`); head_dim groups are kept unless
+    ``head_dim=True``: flax's
     attention scales the logits by ``1/sqrt(head_dim)`` read from the shape (a narrower q·k changes
     the softmax temperature, so the shrunk model would differ from the masked one), and
     ``jax.nn.dot_product_attention`` wants the values' head_dim equal to the queries'.
@@ -163,10 +164,30 @@ def structured_plan(model: Any, variables: Any, example_input: Any, sparsity: fl
     else:
         raise PruningError(f"prune_structured: unknown importance {importance!r}; known: "
                            f"{sorted(set(WEIGHT_CRITERIA) | set(CRITERIA))} or a callable")
-    skip = () if head_dim else tuple(g.id for g in graph.groups if g.kind == "head_dim")
+    skip = () if head_dim else attention_dims(graph)
     keep = select_units(graph, scores, sparsity, global_=global_, round_to=round_to, min_keep=min_keep,
                         ignore=ignore, skip=skip)
     return StructuredPlan(graph, scores, keep, kind)
+
+
+def attention_dims(graph: Graph) -> tuple[int, ...]:
+    """Ids of the attention groups that are not whole heads: a head is produced by the query, key
+    and value projections together; a ``heads``/``head_dim`` group with fewer producers is the
+    head_dim of q·k (two) or of the values (one).
+
+    >>> import jax.numpy as jnp
+    >>> p = {n: {'kernel': jnp.ones((4, 2, 3))} for n in ('q', 'k', 'v')}
+    >>> p['o'] = {'kernel': jnp.ones((2, 3, 4))}
+    >>> def f(p, x):
+    ...     q, k, v = (jnp.einsum('tc,chd->thd', x, p[n]['kernel']) for n in 'qkv')
+    ...     a = jax.nn.softmax(jnp.einsum('thd,shd->hts', q, k), axis=-1)
+    ...     return jnp.einsum('hts,shd,hdc->tc', a, v, p['o']['kernel'])
+    >>> g = trace(f, p, jnp.ones((5, 4)))
+    >>> sorted(len(g.groups[i].producers) for i in attention_dims(g))
+    [1, 2]
+    """
+    return tuple(g.id for g in graph.groups
+                 if g.kind in ("heads", "head_dim") and len(set(g.producers)) < 3)
 
 
 def _module_path(leaf_path: str) -> str:

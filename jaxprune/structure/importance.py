@@ -37,7 +37,6 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxprune.counts import check_sparsity_value, num_pruned

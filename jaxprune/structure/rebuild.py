@@ -43,125 +43,25 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import sys
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
 import numpy as np
 from flax import nnx
-from flax.errors import ScopeParamShapeError
+from flax.errors import FlaxError, ScopeParamShapeError
 
 from jaxprune.errors import PruningError
 from jaxprune.paths import flatten_with_paths
+from jaxprune.structure.layer_rules import (
+    LINEN_RULES,
+    NNX_RULES,
+    Shapes,
+    linen_attention,
+    rule_for,
+)
 
 __all__ = ["rebuild", "LINEN_RULES", "NNX_RULES", "changed_shapes"]
-
-Shapes = Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]]  # param name -> (old shape, new shape)
-Rule = Callable[[Any, Shapes, tuple, Mapping[str, int]], dict]
-
-
-def _new(shapes: Shapes, name: str) -> tuple[int, ...]:
-    return shapes[name][1]
-
-
-def _like(old: Any, values: Sequence[int]) -> Any:
-    """``values`` as an int when ``old`` was one, else as a tuple."""
-    return int(values[-1]) if isinstance(old, (int, np.integer)) else tuple(int(v) for v in values)
-
-
-def _dense(m, shapes, args, hint):
-    return {"features": _new(shapes, "kernel")[-1]} if "kernel" in shapes else {}
-
-
-def _dense_general(m, shapes, args, hint):
-    if "kernel" not in shapes:
-        return {}
-    n = 1 if isinstance(m.features, int) else len(m.features)
-    return {"features": _like(m.features, _new(shapes, "kernel")[-n:])}
-
-
-def _conv(m, shapes, args, hint):
-    if "kernel" not in shapes:
-        return {}
-    kernel = _new(shapes, "kernel")
-    out = {"features": kernel[-1]}
-    if getattr(m, "feature_group_count", 1) != 1 and args:
-        # The input's channels are known only now; a depthwise conv's group count follows them.
-        out["feature_group_count"] = int(np.shape(args[0])[-1]) // kernel[-2]
-    return out
-
-
-def _conv_transpose(m, shapes, args, hint):
-    if "kernel" not in shapes:
-        return {}
-    kernel = _new(shapes, "kernel")
-    return {"features": kernel[-2] if m.transpose_kernel else kernel[-1]}
-
-
-def _embed(m, shapes, args, hint):
-    if "embedding" not in shapes:
-        return {}
-    rows, cols = _new(shapes, "embedding")
-    return {"num_embeddings": rows, "features": cols}
-
-
-def _einsum(m, shapes, args, hint):
-    return {"shape": _new(shapes, "kernel")} if "kernel" in shapes else {}
-
-
-def _no_attributes(m, shapes, args, hint):
-    # Norm params take their shape from the input, so flax's check passes without any change.
-    return {}
-
-
-def _linen_group_norm(m, shapes, args, hint):
-    name = "scale" if "scale" in shapes else "bias"
-    if name not in shapes:
-        return {}
-    (old,), (new,) = shapes[name]
-    if "groups" in hint:
-        return {"num_groups": hint["groups"], "group_size": None}
-    groups = m.num_groups if m.group_size is None else old // m.group_size
-    size = old // groups
-    # Whole groups removed is preferred: the kept groups' statistics stay what they were.
-    if new % size == 0:
-        return {"num_groups": new // size} if m.group_size is None else {}
-    if new % groups == 0:
-        return {} if m.group_size is None else {"group_size": new // groups}
-    return _group_error(m, old, new)
-
-
-def _group_error(m, old, new):
-    raise PruningError(
-        f"module '{_linen_path(m)}' ({type(m).__name__}): {old} channels shrank to {new}, which neither "
-        "its num_groups nor its group_size divides; pass overrides={path: {'num_groups': ...}}")
-
-
-LINEN_RULES: dict[type, Rule] = {
-    nn.Dense: _dense,
-    nn.DenseGeneral: _dense_general,
-    nn.Conv: _conv,
-    nn.ConvLocal: _conv,
-    nn.ConvTranspose: _conv_transpose,
-    nn.Embed: _embed,
-    nn.Einsum: _einsum,
-    nn.LayerNorm: _no_attributes,
-    nn.RMSNorm: _no_attributes,
-    nn.BatchNorm: _no_attributes,
-    nn.GroupNorm: _linen_group_norm,
-}
-"""Size attributes of flax's linen layers, from the new shapes of their own params (``rule(module,
-{param: (old, new)}, call_args, hint) -> {attribute: value}``). ``MultiHeadDotProductAttention`` owns no
-params: its query/key/value/out ``DenseGeneral`` children are resized, and the attention follows their
-kernels."""
-
-
-def _rule_for(rules: Mapping[type, Rule], module: Any) -> Optional[Rule]:
-    for cls in type(module).__mro__:
-        if cls in rules:
-            return rules[cls]
-    return None
-
 
 def _field_values(module: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(module):
@@ -171,26 +71,41 @@ def _field_values(module: Any) -> dict[str, Any]:
     return {k: getattr(module, k) for k in names if hasattr(module, k)}
 
 
-def _user_rule(module: Any, shapes: Shapes, where: str, *, strict: bool) -> dict:
+class _Ambiguous(PruningError):
+    """Several int attributes of one module hold the old size of a shrunk axis."""
+
+    def __init__(self, message: str, where: str, names: list[str], new: int) -> None:
+        super().__init__(message)
+        self.where, self.names, self.new = where, names, new
+
+
+def _user_rule(module: Any, shapes: Shapes, where: str, *, strict: bool,
+               fixed: Mapping[str, Any] = {}) -> dict:  # noqa: B006 - read only
     """Int attributes of a user module set from its own params' new sizes: an attribute whose value is
-    the old size of a shrunk axis becomes the new size. Ambiguity is an error; with ``strict`` (linen,
-    where flax checks the shapes) so is a shrunk axis no attribute explains."""
+    the old size of a shrunk axis becomes the new size. Ambiguity is an error (unless ``fixed``, the
+    user's overrides for this module, names one of the candidates); with ``strict`` (linen, where flax
+    checks the shapes) so is a shrunk axis no attribute explains."""
     ints = {k: v for k, v in _field_values(module).items()
-            if isinstance(v, (int, np.integer)) and not isinstance(v, bool)}
+            if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and k not in fixed}
+    resolved = {getattr(module, k) for k in fixed if hasattr(module, k)}
     out: dict[str, int] = {}
     for pname, (old, new) in shapes.items():
         for axis, (a, b) in enumerate(zip(old, new)):
             if a == b:
                 continue
             names = sorted(k for k, v in ints.items() if v == a)
+            if a in resolved:
+                continue
             if len(names) != 1:
                 what = (f"attributes {names} all equal {a}" if names else
                         f"no int attribute equals {a}")
-                if names or strict:
-                    raise PruningError(
-                        f"module '{where}' ({type(module).__name__}): param '{pname}' axis {axis} shrank "
-                        f"{a} -> {b}, but {what}, so its new size cannot be set; pass "
-                        f"overrides={{'{where}': {{attribute: value}}}}")
+                message = (f"module '{where}' ({type(module).__name__}): param '{pname}' axis {axis} shrank "
+                           f"{a} -> {b}, but {what}, so its new size cannot be set; pass "
+                           f"overrides={{'{where}': {{attribute: value}}}}")
+                if names:
+                    raise _Ambiguous(message, where, names, b)
+                if strict:
+                    raise PruningError(message)
                 continue
             name = names[0]
             if out.get(name, b) != b:
@@ -241,8 +156,7 @@ def changed_shapes(old: Any, new: Any, *, collection: Optional[str] = None) -> d
 
 # ----------------------------------------------------------------------------------------------- linen
 
-def _linen_path(m: Any) -> str:
-    return "/".join(m.scope.path) if getattr(m, "scope", None) is not None else "<unbound>"
+_DONE = "_jaxprune_resized"
 
 
 def _linen_resize(module: Any, table: Mapping[tuple, Shapes], overrides: Mapping[str, Mapping[str, Any]],
@@ -252,20 +166,30 @@ def _linen_resize(module: Any, table: Mapping[tuple, Shapes], overrides: Mapping
         return
     rel = tuple(scope.path[len(root):])
     where = "/".join(rel)
-    if rel not in table and where not in overrides:
+    if getattr(module, _DONE, False):
         return
-    shapes = table.get(rel, {})
-    rule = _rule_for(LINEN_RULES, module)
-    if rule is not None:
-        attrs = rule(module, shapes, args, hints.get(where, {}))
-    else:  # the user's overrides replace the guess for their own module
-        attrs = {} if where in overrides else _user_rule(module, shapes, where, strict=True)
-    attrs = {**attrs, **overrides.get(where, {})}
+    if isinstance(module, nn.MultiHeadDotProductAttention):
+        attrs = {**linen_attention(module, table, rel), **overrides.get(where, {})}
+    elif rel not in table and where not in overrides:
+        return
+    else:
+        attrs = _rule_attrs(module, table.get(rel, {}), overrides, hints, where, args)
     for k, v in attrs.items():
         if not hasattr(module, k):
             raise PruningError(f"module '{where}' ({type(module).__name__}) has no attribute '{k}'")
         # Flax modules are frozen dataclasses; this instance lives only for the current call.
         object.__setattr__(module, k, v)
+    # Rules read the original attributes: a second method call on the same instance must not rerun them.
+    object.__setattr__(module, _DONE, True)
+
+
+def _rule_attrs(module, shapes, overrides, hints, where, args) -> dict:
+    rule = rule_for(LINEN_RULES, module)
+    if rule is not None:
+        attrs = rule(module, shapes, args, hints.get(where, {}))
+    else:  # the user's overrides settle what the guess cannot
+        attrs = _user_rule(module, shapes, where, strict=True, fixed=overrides.get(where, {}))
+    return {**attrs, **overrides.get(where, {})}
 
 
 def _methods(cls: type) -> list[str]:
@@ -315,94 +239,6 @@ def _rebuild_linen(model: nn.Module, variables: Any, new_variables: Any, overrid
 
 # ------------------------------------------------------------------------------------------------- nnx
 
-def _shape(m, name):
-    var = getattr(m, name, None)
-    return None if var is None else tuple(np.shape(var[...]))
-
-
-def _nnx_linear(m, s, hint=None):
-    k = _shape(m, "kernel")
-    return {"in_features": k[0], "out_features": k[1]}
-
-
-def _nnx_linear_general(m, s, hint=None):
-    k = _shape(m, "kernel")
-    nb, ni = len(getattr(m, "batch_axis", {}) or {}), len(m.in_features)
-    return {"in_features": tuple(k[nb:nb + ni]), "out_features": _like(m.out_features, k[nb + ni:])}
-
-
-def _nnx_conv(m, s, hint=None):
-    k = _shape(m, "kernel")
-    groups = m.feature_group_count
-    if groups != 1 and hint and "groups" in hint:
-        groups = hint["groups"]
-    elif groups != 1 and s["kernel"][0][-2] == 1:
-        # Depthwise: each group keeps its channel multiplier, so the group count follows the output.
-        groups = k[-1] // (s["kernel"][0][-1] // m.feature_group_count)
-    return {"out_features": k[-1], "in_features": k[-2] * groups, "feature_group_count": groups}
-
-
-def _nnx_conv_transpose(m, s, hint=None):
-    k = _shape(m, "kernel")
-    return ({"in_features": k[-1], "out_features": k[-2]} if m.transpose_kernel else
-            {"in_features": k[-2], "out_features": k[-1]})
-
-
-def _nnx_embed(m, s, hint=None):
-    rows, cols = _shape(m, "embedding")
-    return {"num_embeddings": rows, "features": cols}
-
-
-def _nnx_norm(m, s, hint=None):
-    for name in ("scale", "bias", "mean", "var"):
-        shape = _shape(m, name) if isinstance(getattr(m, name, None), nnx.Variable) else None
-        if shape is not None:
-            return {"num_features": shape[-1]}
-    return {}
-
-
-def _nnx_group_norm(m, s, hint):
-    (new,) = _nnx_norm(m, s).values() or (None,)
-    if new is None:
-        return {}
-    if "groups" in hint:
-        return {"num_groups": hint["groups"], "group_size": new // hint["groups"]}
-    if new % m.group_size == 0:
-        return {"num_groups": new // m.group_size}
-    if new % m.num_groups == 0:
-        return {"group_size": new // m.num_groups}
-    raise PruningError(f"GroupNorm with {m.num_groups * m.group_size} channels shrank to {new}, which "
-                       f"neither its num_groups ({m.num_groups}) nor its group_size ({m.group_size}) "
-                       "divides; pass overrides={path: {'num_groups': ..., 'group_size': ...}}")
-
-
-def _nnx_attention(m, s, hint=None):
-    q, k, o = (_shape(getattr(m, n), "kernel") for n in ("query", "key", "out"))
-    return {"in_features": q[0], "num_heads": q[1], "head_dim": q[2], "qkv_features": q[1] * q[2],
-            "in_kv_features": k[0], "num_kv_heads": k[1], "out_features": o[-1]}
-
-
-def _nnx_einsum(m, s, hint=None):
-    return {"kernel_shape": _shape(m, "kernel")}
-
-
-NNX_RULES: dict[type, Callable[[Any, Shapes], dict]] = {
-    nnx.Linear: _nnx_linear,
-    nnx.LinearGeneral: _nnx_linear_general,
-    nnx.Conv: _nnx_conv,
-    nnx.ConvTranspose: _nnx_conv_transpose,
-    nnx.Embed: _nnx_embed,
-    nnx.Einsum: _nnx_einsum,
-    nnx.LayerNorm: _nnx_norm,
-    nnx.RMSNorm: _nnx_norm,
-    nnx.BatchNorm: _nnx_norm,
-    nnx.GroupNorm: _nnx_group_norm,
-    nnx.MultiHeadAttention: _nnx_attention,
-}
-"""Size attributes of flax's nnx layers, read from their (already replaced) arrays
-(``rule(module, {own leaf: (old, new)}, hint) -> {attribute: value}``)."""
-
-
 def _rebuild_nnx(model: nnx.Module, new_state: Any, overrides, hints) -> nnx.Module:
     table = changed_shapes(nnx.state(model, _filters(new_state)), new_state)
     new_model = nnx.clone(model)
@@ -411,13 +247,14 @@ def _rebuild_nnx(model: nnx.Module, new_state: Any, overrides, hints) -> nnx.Mod
     for path, module in nnx.iter_modules(new_model):
         path = tuple(str(p) for p in path)
         where = "/".join(path)
-        rule = _rule_for(NNX_RULES, module)
+        rule = rule_for(NNX_RULES, module)
         shapes = table.get(path, {})
         if rule is not None:
             # Attention's params live in its children, so a rule runs when anything below it changed.
             attrs = rule(module, shapes, hints.get(where, {})) if path in changed_modules else {}
         else:
-            attrs = _user_rule(module, shapes, where, strict=False) if shapes and where not in overrides else {}
+            attrs = (_user_rule(module, shapes, where, strict=False, fixed=overrides.get(where, {}))
+                     if shapes else {})
         attrs = {**attrs, **overrides.get(where, {})}
         for k, v in attrs.items():
             if not hasattr(module, k):
@@ -465,18 +302,43 @@ def rebuild(model: Any, variables: Any, new_variables: Any, *, example_args: tup
     """
     overrides, hints = dict(overrides or {}), dict(hints or {})
     kwargs = dict(example_kwargs or {})
+    if not isinstance(model, (nn.Module, nnx.Module)):
+        raise PruningError(f"rebuild: model must be a flax linen or nnx Module, got {type(model).__name__}")
+    for _ in range(8):  # each round settles one ambiguous attribute
+        try:
+            return _build(model, variables, new_variables, example_args, kwargs, overrides, hints)
+        except _Ambiguous as err:
+            if not example_args:
+                raise
+            # Try each candidate: the one with which the smaller model fits its variables wins.
+            fits = []
+            for name in err.names:
+                trial = {**overrides, err.where: {**overrides.get(err.where, {}), name: err.new}}
+                try:
+                    _build(model, variables, new_variables, example_args, kwargs, trial, hints)
+                except _Ambiguous:
+                    fits.append(trial)  # settled here; a later attribute is still open
+                except PruningError:
+                    continue
+                else:
+                    fits.append(trial)
+            if len(fits) != 1:
+                raise
+            overrides = fits[0]
+    raise PruningError("rebuild: too many ambiguous attributes; pass overrides=")
+
+
+def _build(model, variables, new_variables, example_args, kwargs, overrides, hints):
     if isinstance(model, nn.Module):
         new = _rebuild_linen(model, variables, new_variables, overrides, hints)
         if example_args:
             _check(lambda: jax.eval_shape(lambda v: new.apply(v, *example_args, **kwargs), new_variables))
         return new
-    if isinstance(model, nnx.Module):
-        new = _rebuild_nnx(model, new_variables, overrides, hints)
-        if example_args:
-            graphdef, state = nnx.split(new)
-            _check(lambda: jax.eval_shape(lambda s: nnx.merge(graphdef, s)(*example_args, **kwargs), state))
-        return new
-    raise PruningError(f"rebuild: model must be a flax linen or nnx Module, got {type(model).__name__}")
+    new = _rebuild_nnx(model, new_variables, overrides, hints)
+    if example_args:
+        graphdef, state = nnx.split(new)
+        _check(lambda: jax.eval_shape(lambda s: nnx.merge(graphdef, s)(*example_args, **kwargs), state))
+    return new
 
 
 def _check(run: Callable[[], Any]) -> None:
@@ -484,7 +346,9 @@ def _check(run: Callable[[], Any]) -> None:
         run()
     except ScopeParamShapeError as e:
         raise PruningError(f"rebuild: the smaller model does not fit its variables: {e}") from e
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, AssertionError, FlaxError) as e:
         if isinstance(e, PruningError):
             raise
-        raise PruningError(f"rebuild: the smaller model does not run on the example input: {e}") from e
+        raise PruningError(f"rebuild: the smaller model does not run on the example input ({type(e).__name__}: "
+                           f"{e}); a module may decide its structure by comparing a shape with an "
+                           "attribute the rebuild did not change") from e
