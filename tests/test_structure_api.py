@@ -299,6 +299,23 @@ def test_plain_function_returns_jitted_apply_and_params():
         structured_plan(f, p, x, 0.5, importance="apoz")
 
 
+def test_an_op_the_tracer_cannot_follow_costs_only_its_groups():
+    def f(p, x):
+        h = jax.lax.cumsum(jnp.tanh(x @ p["w1"]), axis=1)  # mixes the units of w1
+        return h @ p["w2"] + jnp.tanh(x @ p["w3"]) @ p["w4"]
+
+    ks = jax.random.split(KEY, 4)
+    p = {"w1": jax.random.normal(ks[0], (3, 8)), "w2": jax.random.normal(ks[1], (8, 2)),
+         "w3": jax.random.normal(ks[2], (3, 6)), "w4": jax.random.normal(ks[3], (6, 2))}
+    x = jax.random.normal(KEY, (4, 3))
+    plan = structured_plan(f, p, x, 0.5)
+    refused = plan.graph.group_of("w1", 1)
+    assert not refused.prunable and "cumsum" in refused.reason and refused.id not in plan.keep
+    g, small = apply_plan(plan, f, p, x)
+    assert small["w1"].shape == (3, 8) and small["w3"].shape == (3, 3)
+    _close(g(small, x), f(plan.graph.masked(p, plan.keep), x))
+
+
 def test_bad_arguments_are_refused():
     model, v, x = _mlp()
     with pytest.raises(PruningError, match="needs its variables"):
