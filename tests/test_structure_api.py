@@ -250,6 +250,31 @@ def test_nnx_vit_loses_whole_heads():
     assert kept_shapes(plan)[q] == (16, 3, 4)
 
 
+def test_linen_vit_heads_mlp_and_residual_through_layernorms():
+    from jaxprune.models.vit import ViT
+
+    model = ViT(10, patch=7, width=16, depth=1, num_heads=4, mlp_dim=32)
+    x = jax.random.normal(KEY, (2, 14, 14, 1))
+    v = model.init(KEY, x)
+    plan = structured_plan(model, v, x, 0.25)
+    small_model, small = apply_plan(plan, model, v, x)
+    assert small["params"]["blocks_0"]["attn"]["query"]["kernel"].shape == (12, 3, 4)
+    residual = plan.graph.group_of("params/ln_f/scale", 0)
+    assert residual.reduced_by and not plan.keep[residual.id].all()
+    member = next(m for m in residual.members if m.path == "params/ln_f/scale")
+    on = jnp.asarray(np.isin(np.arange(16), plan.graph.indices(member, plan.keep[residual.id])))
+
+    def kept_stats(fun, args, kwargs, context):  # every LayerNorm of the reference sees kept units only
+        if isinstance(context.module, nn.LayerNorm):
+            return fun(*args, mask=jnp.broadcast_to(on, args[0].shape), **kwargs)
+        return fun(*args, **kwargs)
+
+    with nn.intercept_methods(kept_stats):
+        ref = model.apply(plan.graph.masked(v, plan.keep), x)
+    _close(small_model.apply(small, x), ref)
+    _check_counts(plan, small)
+
+
 class NnxDepthwise(nnx.Module):
     """A MobileNet-style block written by the user: expand, BN, depthwise, project, residual."""
 
