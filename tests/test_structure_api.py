@@ -78,6 +78,11 @@ def test_linen_mlp_equals_masked_and_counts():
     _check_layerwise(plan, 0.3)
     assert new_v["params"]["fc1"]["kernel"].shape == (7, 24 - round(0.3 * 24))
     assert new_v["params"]["head"]["kernel"].shape[1] == 5  # output classes untouched
+    tx = optax.sgd(0.1, momentum=0.9)
+    opt = shrink_like(plan, tx.init(v["params"]), v["params"])  # built on variables['params']
+    assert jax.tree.map(jnp.shape, opt[0].trace) == jax.tree.map(jnp.shape, new_v["params"])
+    with pytest.raises(PruningError, match="leaf paths"):
+        shrink_like(plan, tx.init({"other": v["params"]}), {"other": v["params"]})
 
 
 def test_linen_round_to_ignore_and_global():
