@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +21,7 @@ from jaxprune.models.gpt import causal_attention, gpt_nano
 from jaxprune.structure.graph import Member, trace, trace_linen, trace_nnx
 from user_models import user_cnn, user_nnx_mlp, user_nnx_transformer
 
-FEW = settings(max_examples=4, deadline=None)
+FEW = settings(max_examples=3, deadline=None)
 
 
 def _params(key, shapes):
@@ -468,3 +467,48 @@ def test_depthwise_conv_joins_its_input_and_output_channels():
         + v["params"]["dw"]["bias"].reshape(1, 1, 1, -1)))
     np.testing.assert_allclose(f(small, x), f(graph.masked(variables, keep), x), atol=1e-5)
     np.testing.assert_allclose(f(variables, x), model.apply(variables, x), atol=1e-5)
+
+
+def test_zoo_vit_heads_and_width_with_class_token():
+    from jaxprune.models.vit import ViT
+
+    model, x = ViT(10, patch=7, width=8, depth=1, num_heads=2, mlp_dim=16), jnp.ones((2, 28, 28, 1))
+    graph = trace_linen(model, model.init(jax.random.PRNGKey(0), x), x)
+    q, v = "params/blocks_0/attn/query/kernel", "params/blocks_0/attn/value/kernel"
+    assert (graph.group_of(q, 1).kind, graph.group_of(q, 1).size) == ("heads", 2)
+    assert graph.group_of(v, 2).kind == "head_dim" and graph.group_of(q, 2).kind == "head_dim"
+    width = graph.group_of("params/pos_embed", 1)
+    assert width.kind == "residual" and width.prunable
+    assert {"params/cls_token", "params/head/kernel"} <= {m.path for m in width.members}
+    # Token positions come from the image's patch grid: bound to the input, never units.
+    rows = graph.groups_of("params/pos_embed", 0)
+    assert rows and all(g.reason == "model input" and g.kind == "features" for g in rows)
+
+
+def test_zero_padded_shortcut_refuses_only_the_padding():
+    from jaxprune.models.resnet import ResNet20
+
+    model, x = ResNet20(10), jnp.ones((1, 8, 8, 3))
+    graph = trace_linen(model, model.init(jax.random.PRNGKey(0), x), x)
+    bn = "params/BasicBlock_3/BatchNorm_1/scale"  # stage 2: 32 channels = 8 pad + 16 + 8 pad
+    found = sorted(graph.groups_of(bn, 0), key=lambda g: [m.offset for m in g.members if m.path == bn])
+    assert [g.size for g in found] == [8, 16, 8]
+    assert [g.reason for g in found] == ["zero padding", None, "zero padding"]
+    stage1 = graph.group_of("params/BasicBlock_0/BatchNorm_1/scale", 0)
+    assert stage1.id == found[1].id and Member(bn, 0, 1, 1, 8) in stage1.members
+
+
+class RMSNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Dense(8, name="up")(x)
+        h = h + nn.Dense(8, name="mix")(nn.RMSNorm(name="norm")(h))
+        return nn.Dense(2, name="head")(h)
+
+
+def test_rms_norm_scale_follows_the_width_and_is_reduced():
+    model, x = RMSNet(), jnp.ones((2, 3))
+    graph = trace_linen(model, model.init(jax.random.PRNGKey(0), x), x)
+    width = graph.group_of("params/up/kernel", 1)
+    assert width.kind == "residual" and width.prunable and width.reduced_by
+    assert Member("params/norm/scale", 0) in width.members

@@ -31,7 +31,8 @@ import numpy as np
 
 from jaxprune.errors import PruningError
 from jaxprune.paths import path_str
-from jaxprune.structure.graph_rules import Atoms, Val, fresh, walk
+from jaxprune.structure.graph_atoms import Atoms, Val, fresh
+from jaxprune.structure.graph_rules import walk
 
 __all__ = ["Member", "Group", "Graph", "trace", "trace_linen", "trace_nnx"]
 
@@ -334,7 +335,7 @@ def _assemble(A: Atoms, rec: Any, vals: list, paths: list[str], shapes: list[tup
     marks: dict[int, set] = {}
     for contracted, free, out in rec.attention:
         if any("model input" not in A.reasons.get(root(leaf), ()) for a in contracted
-               for leaf in A.leaves(a)):
+               for leaf in A.leaves(a) if A.size[leaf] > 1):
             for a in out:
                 for leaf in A.leaves(a):
                     if "model input" not in A.reasons.get(root(leaf), ()):
@@ -351,7 +352,7 @@ def _assemble(A: Atoms, rec: Any, vals: list, paths: list[str], shapes: list[tup
                 reduced.setdefault(root(leaf), set()).add(name)
         for a in kept:
             for leaf in A.leaves(a):
-                if A.up.get(leaf) in ups:
+                if A.up.get(leaf) in ups and "model input" not in A.reasons.get(root(leaf), ()):
                     marks.setdefault(root(leaf), set()).add("groups")
     classes: dict[int, list] = {}
     for i, val in enumerate(vals):
