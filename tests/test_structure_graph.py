@@ -280,6 +280,9 @@ def test_tied_embedding_width_is_prunable_vocab_is_not(seed):
     (lambda h: jnp.cumsum(h, axis=-1), "cumsum"),
     (lambda h: jax.lax.scan(lambda c, r: (c, r * 2.0), 0.0, h.T)[1].T, "scan"),
     (lambda h: jnp.sort(h, axis=-1), "sort"),
+    (lambda h: jax.lax.cond(h.sum() > 0, lambda a: a * 2.0, lambda a: -a, h), "cond"),
+    (lambda h: jax.lax.while_loop(lambda c: c[0] < 2, lambda c: (c[0] + 1, c[1] * 2.0), (0, h))[1],
+     "while"),
     (lambda h: jnp.concatenate([h[:, ::2], h[:, 1::2]], axis=-1), "slice"),
 ])
 def test_unknown_op_refuses_only_the_groups_it_touches(op, word):

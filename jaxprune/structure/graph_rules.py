@@ -26,6 +26,7 @@ square sub tan tanh xor convert_element_type copy copy_p sharding_constraint
 mesh_cast reshard stop_gradient
 """.split())
 # Ops that keep a parameter a parameter (its axes re-laid out, no arithmetic across entries).
+_ADDS = frozenset(("add", "add_any", "sub"))
 _RELAYOUT = frozenset("convert_element_type copy copy_p reduce_precision reshape transpose squeeze "
                       "broadcast_in_dim sharding_constraint mesh_cast reshard".split())
 _REDUCE = frozenset("reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or reduce_xor "
@@ -98,6 +99,9 @@ class _Walker:
                 if full:
                     self.join_all(full, f"'{name}' mixes units")
                     layout[axis] = full[0]
+                    if name in _ADDS and sum(v.origin is None and len(s) and s[axis] == n
+                                             for v, s in zip(ins, shapes)) > 1:
+                        self.A.mark(list(full[0]), "residual")  # two activations summed
             return [Val(tuple(layout), origin)]
         if name in _SOURCES:
             return [Val(fresh(self.A, s), None) for s in out_shapes]
