@@ -447,34 +447,44 @@ def test_group_norm_splits_channels_into_groups():
     assert "reduce_sum" in within.reduced_by and found["groups"].prunable
 
 
-class Depthwise(nn.Module):
+class DepthwiseX2(nn.Module):
+    """1x1 expand, a depthwise 3x3 with channel multiplier 2 (each channel -> 2), 1x1 project."""
+
     @nn.compact
     def __call__(self, x):
         h = nn.relu(nn.Conv(6, (1, 1), name="expand")(x))
-        h = nn.relu(nn.Conv(6, (3, 3), feature_group_count=6, name="dw")(h))
+        h = nn.relu(nn.Conv(12, (3, 3), feature_group_count=6, name="dw")(h))
         return nn.Conv(2, (1, 1), name="project")(h)
 
 
+def _depthwise_x2(v, x):
+    """DepthwiseX2 on its params, every size read from them."""
+    p = v["params"]
+    h = jax.nn.relu(x @ p["expand"]["kernel"][0, 0] + p["expand"]["bias"].reshape(1, 1, 1, -1))
+    h = jax.lax.conv_general_dilated(h, p["dw"]["kernel"], (1, 1), "SAME", feature_group_count=h.shape[-1],
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    h = jax.nn.relu(h + p["dw"]["bias"].reshape(1, 1, 1, -1))
+    return h @ p["project"]["kernel"][0, 0] + p["project"]["bias"].reshape(1, 1, 1, -1)
+
+
 def test_depthwise_conv_joins_its_input_and_output_channels():
-    model, x = Depthwise(), jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4, 3))
+    model, x = DepthwiseX2(), jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4, 3))
     variables = model.init(jax.random.PRNGKey(0), x)
+    np.testing.assert_allclose(_depthwise_x2(variables, x), model.apply(variables, x), atol=1e-5)
     graph = trace_linen(model, variables, x)
-    g = graph.group_of("params/expand/kernel", 3)
-    assert g.prunable and g.size == 6 and {(m.path, m.axis) for m in g.members} == {
-        ("params/expand/kernel", 3), ("params/expand/bias", 0), ("params/dw/kernel", 3),
-        ("params/dw/bias", 0), ("params/project/kernel", 2)}
-    keep = {g.id: np.arange(6) % 2 == 0}
+    channel = graph.group_of("params/expand/kernel", 3)
+    assert channel.prunable and channel.size == 6 and channel.kind == "features"
+    assert set(channel.members) == {
+        Member("params/expand/kernel", 3), Member("params/expand/bias", 0), Member("params/dw/kernel", 3, 2, 2),
+        Member("params/dw/bias", 0, 2, 2), Member("params/project/kernel", 2, 2, 2)}
+    (multiplier,) = [g for g in graph.groups_of("params/dw/kernel", 3) if g.id != channel.id]
+    assert multiplier.size == 2 and multiplier.prunable and multiplier.producers == ("params/dw/kernel",)
+    assert Member("params/project/kernel", 2, 1, 1, 0, 6, 2) in multiplier.members
+    keep = {channel.id: np.arange(6) % 2 == 0, multiplier.id: np.array([False, True])}
     small = graph.shrink(variables, keep)
     assert small["params"]["dw"]["kernel"].shape == (3, 3, 1, 3)
-    f = lambda v, x: nn.Conv(2, (1, 1)).apply({"params": v["params"]["project"]}, jax.nn.relu(  # noqa
-        jax.lax.conv_general_dilated(jax.nn.relu(x @ v["params"]["expand"]["kernel"][0, 0]
-                                                 + v["params"]["expand"]["bias"].reshape(1, 1, 1, -1)),
-                                     v["params"]["dw"]["kernel"], (1, 1), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     feature_group_count=v["params"]["dw"]["kernel"].shape[-1])
-        + v["params"]["dw"]["bias"].reshape(1, 1, 1, -1)))
-    np.testing.assert_allclose(f(small, x), f(graph.masked(variables, keep), x), atol=1e-5)
-    np.testing.assert_allclose(f(variables, x), model.apply(variables, x), atol=1e-5)
+    np.testing.assert_allclose(_depthwise_x2(small, x), _depthwise_x2(graph.masked(variables, keep), x),
+                               atol=1e-5)
 
 
 def test_zoo_vit_heads_and_width_with_class_token():
