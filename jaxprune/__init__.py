@@ -36,6 +36,8 @@ from jaxprune.structures import NM, STRUCTURES, Block, Channels, Neurons, Unstru
 
 from jaxprune import wiring  # noqa: E402
 from jaxprune.wiring import output_kernels, reduction_axes  # noqa: E402
+from jaxprune import structure  # noqa: E402
+from jaxprune.structure import prune_structured  # noqa: E402
 from jaxprune import train  # noqa: E402  (after the core: train imports it)
 from jaxprune.lm import magnitude_layer, prune_lm, sparsegpt_layer, wanda_layer  # noqa: E402
 
@@ -57,6 +59,8 @@ __all__ = [
     "topk_masks", "global_masks", "prune_lowest",
     "Unstructured", "NM", "Block", "Neurons", "Channels", "STRUCTURES", "register_structure",
     "get_structure", "wiring", "output_kernels", "reduction_axes",
+    # structural pruning of any model (trace, group, shrink, rebuild: jaxprune.structure)
+    "structure", "prune_structured",
     # masks
     "apply_masks", "dense_masks", "intersect_masks", "union_masks", "is_nested", "summary",
     "Summary", "LeafSummary",

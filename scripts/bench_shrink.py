@@ -10,7 +10,13 @@ Prints one JSON line ``{"cases": [{"model", "removed", "flops_ratio", "latency_r
 an MLP (64-64-32-10) trained on sklearn's digits: logit MSE to the unpruned model and test accuracy,
 random unit masks, 5 seeds.
 
-Usage: python scripts/bench_shrink.py [--repeats 30] [--rounds 5] [--mean-replacement]
+``--fastconv`` instead prints one JSON line for the SmallCNN with 60 % and 75 % of its units removed,
+kept counts rounded to multiples of ``round_to`` = 1, 8, 16: latency at batch 256 of the dense model,
+the shrunk model on XLA's convs and the shrunk model under ``jaxprune.shrink.fastconv.fast_convs``
+(timed in alternating rounds), the largest output difference between the two shrunk forwards, and
+the FLOPs ratio.
+
+Usage: python scripts/bench_shrink.py [--repeats 30] [--rounds 5] [--mean-replacement | --fastconv]
 """
 
 import argparse
@@ -51,6 +57,47 @@ def case(name, removed, repeats, rounds):
             "flops_ratio": round(f_dense / f_shrunk, 3), "latency_ratio": round(dense_ms / shrunk_ms, 3),
             "params_ratio": round(param_count(v) / param_count(sv), 3),
             "dense_ms": round(dense_ms, 3), "shrunk_ms": round(shrunk_ms, 3)}
+
+
+def rounded_unit_masks(model, variables, removed, round_to):
+    """Magnitude unit masks keeping ``units - round_half_even(removed * units)`` per layer, rounded to
+    the nearest multiple of ``round_to`` (at least ``round_to``, at most every unit)."""
+    plan = plan_for(model)
+    norms, frac = {}, {}
+    for edge in plan.edges:
+        kernel = np.asarray(layer_params(variables["params"], edge.layer)["kernel"])
+        norms[edge.layer] = np.sqrt((kernel.reshape(-1, kernel.shape[-1]) ** 2).sum(axis=0))
+        n = norms[edge.layer].size
+        keep = n - int(np.round(removed * n))
+        keep = min(n, max(round_to, round_to * int(np.round(keep / round_to))))
+        frac[edge.layer] = (n - keep) / n
+    return unit_masks_from_scores(norms, frac)
+
+
+def fastconv_case(removed, round_to, repeats, rounds):
+    from jaxprune.shrink.fastconv import fast_convs
+
+    model = get_model("small_cnn", 10)
+    v = init_params(model, jax.random.PRNGKey(0), (1, *SHAPE))
+    small, sv = shrink(model, v, rounded_unit_masks(model, v, removed, round_to))
+    x = jax.random.normal(jax.random.PRNGKey(1), (BATCH, *SHAPE))
+    plain = jax.jit(small.apply)(sv, x)
+    with fast_convs():
+        fast = jax.jit(small.apply)(sv, x)
+    times = {"dense": [], "shrunk": [], "shrunk_fast": []}
+    for _ in range(rounds):
+        times["dense"].append(latency_ms(model, v, SHAPE, BATCH, repeats))
+        times["shrunk"].append(latency_ms(small, sv, SHAPE, BATCH, repeats))
+        with fast_convs():  # latency_ms traces here, so the shrunk convs get the fast lowering
+            times["shrunk_fast"].append(latency_ms(small, sv, SHAPE, BATCH, repeats))
+    ms = {k: statistics.median(t) for k, t in times.items()}
+    return {"removed": removed, "round_to": round_to, "channels": list(small.channels),
+            "hidden": small.hidden,
+            "flops_ratio": round(flops(model, v, SHAPE, BATCH) / flops(small, sv, SHAPE, BATCH), 3),
+            "latency_ratio_xla": round(ms["dense"] / ms["shrunk"], 3),
+            "latency_ratio_fastconv": round(ms["dense"] / ms["shrunk_fast"], 3),
+            **{f"{k}_ms": round(t, 3) for k, t in ms.items()},
+            "max_abs_diff": float(np.max(np.abs(np.asarray(fast) - np.asarray(plain))))}
 
 
 def mean_replacement_study(seeds=5, fractions=(0.25, 0.5), steps=300):
@@ -104,7 +151,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--mean-replacement", action="store_true")
+    ap.add_argument("--fastconv", action="store_true")
     args = ap.parse_args()
+    if args.fastconv:
+        cases = [fastconv_case(removed, r, args.repeats, args.rounds)
+                 for removed in (0.75, 0.6) for r in (1, 8, 16)]
+        print(json.dumps({"model": "small_cnn", "batch": BATCH, "cases": cases}))
+        return
     if args.mean_replacement:
         print(json.dumps(mean_replacement_study()))
         return

@@ -190,7 +190,7 @@ def test_the_reader_sees_every_import(source, expected):
 LAYERS: dict[str, int] = {
     **dict.fromkeys(["allocate", "config", "counts", "data", "dtree", "errors", "hostmem", "masks", "models",
                      "neurons", "paths", "quant", "recipes", "results_schema", "scores", "select", "shrink",
-                     "structures", "svm", "wiring", "workdir"], 0),
+                     "structure", "structures", "svm", "wiring", "workdir"], 0),
     "train": 1,
     "harness": 2, "lm": 2,
     "methods": 3,

@@ -33,6 +33,9 @@ class BasicBlock(nn.Module):
     strides: int = 1
     shortcut: str = "A"
     inner_channels: int | None = None  # width of the first conv; None = ``channels`` (a shrunk block)
+    # Whether the shortcut changes shape (subsample/pad or project); None = decided from the input's
+    # shape. A fixed value keeps the block's structure when a structural pruner narrows its stream.
+    reshape_shortcut: bool | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -43,7 +46,10 @@ class BasicBlock(nn.Module):
         y = sow_activation(conv, nn.relu(norm()(conv(x))))
         y = nn.Conv(self.channels, (3, 3), padding="SAME", use_bias=False)(y)
         y = norm()(y)
-        if x.shape[-1] != self.channels or self.strides != 1:
+        reshape = self.reshape_shortcut
+        if reshape is None:
+            reshape = x.shape[-1] != self.channels or self.strides != 1
+        if reshape:
             if self.shortcut == "A":
                 x = x[:, :: self.strides, :: self.strides, :]
                 extra = self.channels - x.shape[-1]
