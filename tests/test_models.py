@@ -187,7 +187,8 @@ def test_nnx_mlp_trains_end_to_end():
 
 
 # Smaller instances of entries whose default compiles slowly on 2 cores (a new entry needs none).
-SMALL = {"resnet20": {"blocks_per_stage": 1}}  # still one projection shortcut per stage change
+SMALL = {"resnet20": {"blocks_per_stage": 1},  # still one projection shortcut per stage change
+         "vit": {"patch": 4}}  # the example images are 8x8
 
 
 def _example(entry):
