@@ -23,7 +23,10 @@ from jaxprune.models.gpt import NnxGPT, gpt_nano
 from jaxprune.models.linen import MLP, LeNet5, SmallCNN, lenet300, tutorial_mlp
 from jaxprune.models.nnx_models import NnxLeNet5, NnxMLP, NnxSmallCNN, to_nnx
 from jaxprune.models.plans import Plan, lenet5_plan, mlp_plan, resnet20_plan, small_cnn_plan
+from jaxprune.models.mobilenet import MobileNetV2, NnxMobileNetV2
 from jaxprune.models.resnet import ResNet20
+from jaxprune.models.resnet18 import NnxResNet18, ResNet18
+from jaxprune.models.vit import NnxViT, ViT
 
 __all__ = ["INPUT_KINDS", "ModelEntry", "MODELS", "register_model", "model_entry", "get_model",
            "get_nnx_model", "registered_plan", "groupable_models"]
@@ -213,3 +216,20 @@ register_model("small_cnn", SmallCNN, nnx=_nnx_small_cnn, shrink_plan=small_cnn_
 register_model("resnet20", ResNet20, shrink_plan=resnet20_plan)
 # num_classes = vocabulary size; context=, num_layers=, width=, ...
 register_model("gpt", gpt_nano, nnx=_nnx_gpt, inputs="tokens")
+
+
+def _with_channels(twin: Callable[..., nnx.Module]) -> Callable[..., nnx.Module]:
+    def build(num_classes: int, input_shape: Sequence[int], *, rngs: nnx.Rngs, **kw: Any) -> nnx.Module:
+        return twin(num_classes, in_channels=int(input_shape[-1]), rngs=rngs, **kw)
+
+    return build
+
+
+def _nnx_vit(num_classes: int, input_shape: Sequence[int], *, rngs: nnx.Rngs, **kw: Any) -> nnx.Module:
+    return NnxViT(num_classes, image=tuple(input_shape), rngs=rngs, **kw)
+
+
+# No hand-written shrink plans: jaxprune.prune_structured traces these (docs/structure.md).
+register_model("resnet18", ResNet18, nnx=_with_channels(NnxResNet18))
+register_model("mobilenet_v2", MobileNetV2, nnx=_with_channels(NnxMobileNetV2))
+register_model("vit", ViT, nnx=_nnx_vit)
