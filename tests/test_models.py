@@ -119,7 +119,8 @@ def test_init_params_drops_activation_collection(key):
 
 def test_registry_names_and_errors():
     # The zoo; other architectures may be registered next to it.
-    assert {"tutorial_mlp", "lenet300", "mlp", "lenet5", "small_cnn", "resnet20", "gpt"} <= set(MODELS)
+    assert {"tutorial_mlp", "lenet300", "mlp", "lenet5", "small_cnn", "resnet20", "gpt", "resnet18",
+            "mobilenet_v2", "vit"} <= set(MODELS)
     for name in MODELS:
         assert isinstance(get_model(name, 10), nn.Module)
     assert get_model("mlp", 3, hidden=(5, 6)).features == (5, 6, 3)
@@ -186,12 +187,19 @@ def test_nnx_mlp_trains_end_to_end():
 # that computes what the masked original computes.
 
 
+SMALL = {"resnet18": {"stage_channels": (8, 16), "blocks_per_stage": 1},
+         "mobilenet_v2": {"blocks": ((1, 8, 1, 1), (6, 8, 2, 2)), "stem_channels": 8, "last_channels": 16},
+         "vit": {"patch": 4, "width": 16, "depth": 1, "num_heads": 2, "mlp_dim": 16}}
+"""Small instances of the zoo models whose defaults are too slow (or whose patch does not fit 8x8);
+the same keywords build the linen model and its nnx twin."""
+
+
 def _example(entry):
     """(linen kwargs, one example's shape, example batch) of a small instance of ``entry``."""
     if entry.inputs == "tokens":
         return {"context": 8}, (8,), jnp.arange(16, dtype=jnp.int32).reshape(2, 8) % 13
     shape = (8, 8, 3)
-    return {}, shape, jax.random.uniform(jax.random.PRNGKey(1), (2, *shape))
+    return dict(SMALL.get(entry.name, {})), shape, jax.random.uniform(jax.random.PRNGKey(1), (2, *shape))
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -202,7 +210,7 @@ def test_every_entry_builds_in_linen_and_nnx_with_one_param_tree(name):
     assert type(model) is entry.module and entry.inputs in INPUT_KINDS
     variables = jax.eval_shape(lambda k: init_params(model, k, x.shape) if entry.inputs != "tokens"
                                else model.init(k, x), jax.random.PRNGKey(0))
-    twin = nnx.eval_shape(lambda: get_nnx_model(name, 13, shape, rngs=nnx.Rngs(0)))
+    twin = nnx.eval_shape(lambda: get_nnx_model(name, 13, shape, rngs=nnx.Rngs(0), **SMALL.get(name, {})))
     assert shapes_by_path(nnx.state(twin, nnx.Param)) == shapes_by_path(variables["params"]), name
     out = jax.eval_shape(lambda: model.apply(jax.tree.map(jnp.zeros_like, variables), x,
                                              **train_kwargs(model)))

@@ -23,7 +23,10 @@ from jaxprune.models.gpt import NnxGPT, gpt_nano
 from jaxprune.models.linen import MLP, LeNet5, SmallCNN, lenet300, tutorial_mlp
 from jaxprune.models.nnx_models import NnxLeNet5, NnxMLP, NnxSmallCNN, to_nnx
 from jaxprune.models.plans import Plan, lenet5_plan, mlp_plan, resnet20_plan, small_cnn_plan
+from jaxprune.models.mobilenet import MobileNetV2, NnxMobileNetV2
 from jaxprune.models.resnet import ResNet20
+from jaxprune.models.resnet18 import NnxResNet18, ResNet18
+from jaxprune.models.vit import NnxViT, ViT
 
 __all__ = ["INPUT_KINDS", "ModelEntry", "MODELS", "register_model", "model_entry", "get_model",
            "get_nnx_model", "registered_plan", "groupable_models"]
@@ -204,6 +207,17 @@ def _nnx_gpt(vocab_size: int, input_shape: Sequence[int], *, rngs: nnx.Rngs, **k
     return NnxGPT(vocab_size, input_shape[0], rngs=rngs, **kw)
 
 
+def _nnx_in_channels(cls: type) -> Callable[..., nnx.Module]:
+    def build(num_classes: int, input_shape: Sequence[int], *, rngs: nnx.Rngs, **kw: Any) -> nnx.Module:
+        return cls(num_classes, in_channels=int(input_shape[-1]), rngs=rngs, **kw)
+
+    return build
+
+
+def _nnx_vit(num_classes: int, input_shape: Sequence[int], *, rngs: nnx.Rngs, **kw: Any) -> nnx.Module:
+    return NnxViT(num_classes, image=tuple(int(d) for d in input_shape), rngs=rngs, **kw)
+
+
 # Grouped training is checked bit-identical to one-by-one runs for the MLPs only: for convs even the
 # scanned step rounds differently (docs/vmapped.md).
 for _name, _linen in (("tutorial_mlp", tutorial_mlp), ("lenet300", lenet300), ("mlp", _mlp)):
@@ -211,5 +225,10 @@ for _name, _linen in (("tutorial_mlp", tutorial_mlp), ("lenet300", lenet300), ("
 register_model("lenet5", LeNet5, nnx=_nnx_lenet5, shrink_plan=lenet5_plan)
 register_model("small_cnn", SmallCNN, nnx=_nnx_small_cnn, shrink_plan=small_cnn_plan)
 register_model("resnet20", ResNet20, shrink_plan=resnet20_plan)
+# No hand-written plan: `jaxprune run ... shrink=true` shrinks these through the traced graph
+# (jaxprune.methods.traced); not groupable (convolutions and attention round differently grouped).
+register_model("resnet18", ResNet18, nnx=_nnx_in_channels(NnxResNet18))
+register_model("mobilenet_v2", MobileNetV2, nnx=_nnx_in_channels(NnxMobileNetV2))
+register_model("vit", ViT, nnx=_nnx_vit)
 # num_classes = vocabulary size; context=, num_layers=, width=, ...
 register_model("gpt", gpt_nano, nnx=_nnx_gpt, inputs="tokens")
