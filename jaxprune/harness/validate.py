@@ -38,7 +38,8 @@ def validate_config(config: Any) -> None:
 
 def validate_model(config: Any) -> None:
     """``model`` names a registered classifier (:data:`jaxprune.models.MODELS`, not a tokens model),
-    with a shrink plan where ``shrink`` or a unit ``criterion`` needs one.
+    with a shrink plan where ``mean_replacement`` needs one (``shrink`` and ``criterion`` work on any
+    model: without a plan, through the traced graph).
 
     >>> import ml_collections
     >>> validate_model(ml_collections.ConfigDict({'model': 'gpt'}))
@@ -55,9 +56,12 @@ def validate_model(config: Any) -> None:
         raise ConfigError(f"config field 'model'={name!r} takes token ids (a language model): run it with "
                           f"kind='lm', or pick an image classifier: {classifiers}")
     g = config.get
-    if entry.shrink_plan is None and (g("shrink", False) or g("criterion", "none") != "none"):
-        raise ConfigError(f"config fields 'shrink' and 'criterion' need a model with a shrink plan; "
-                          f"model={name!r} has none (register one: jaxprune.models.register_model(..., "
+    # Without a hand-written plan a structured run goes through the traced graph
+    # (jaxprune.methods.traced), which has no mean-replacement fold.
+    if entry.shrink_plan is None and g("mean_replacement", False):
+        raise ConfigError(f"config field 'mean_replacement' needs a model with a shrink plan; "
+                          f"model={name!r} has none (it is shrunk through the traced graph, which does "
+                          "not fold means; register a plan: jaxprune.models.register_model(..., "
                           "shrink_plan=...))")
 
 
