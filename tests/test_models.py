@@ -40,7 +40,9 @@ from jaxprune.models import (
     train_kwargs,
 )
 from jaxprune.models.plans import OUTPUT_LAYER
+from jaxprune.methods.traced import unit_masks_to_groups
 from jaxprune.shrink import plan_for, removal_masks, shrink
+from jaxprune.structure import StructuredPlan, apply_plan, trace_linen
 from jaxprune.shrink.plans import layer_params
 from jaxprune.sweep.vmapped import fit_group, vmap_groups
 from jaxprune.train import create_train_state, fit
@@ -249,6 +251,31 @@ def test_entries_with_a_shrink_plan_shrink(name):
                                 atol=1e-5)
     assert sum(int(np.size(v)) for v in jax.tree.leaves(small)) < sum(
         int(np.size(v)) for v in jax.tree.leaves(variables))
+
+
+@pytest.mark.parametrize("name", [n for n, e in MODELS.items() if e.shrink_plan is not None])
+def test_hand_written_plan_agrees_with_the_trace(name):
+    """Issue 17's "generated from the trace, with a test that they agree": the same unit masks, shrunk
+    by the entry's plan and through the traced graph, give the same shapes and the same outputs."""
+    entry = model_entry(name)
+    kw, shape, x = _example(entry)
+    model = get_model(name, 13, **kw)
+    variables = init_params(model, jax.random.PRNGKey(0), x.shape)
+    rng = np.random.default_rng(0)
+    keep = {}
+    for e in plan_for(model).edges:
+        n = layer_params(variables["params"], e.layer)["kernel"].shape[-1]
+        mask = rng.uniform(size=n) < 0.6
+        mask[rng.integers(n)] = True
+        keep[e.layer] = mask
+    kwargs = train_kwargs(model)
+    plan_model, plan_vars = shrink(model, variables, keep)
+    graph = trace_linen(model, variables, x, **kwargs)
+    traced = StructuredPlan(graph, {}, unit_masks_to_groups(graph, keep), "linen")
+    trace_model, trace_vars = apply_plan(traced, model, variables, x, apply_kwargs=kwargs)
+    assert shapes_by_path(trace_vars) == shapes_by_path(plan_vars)
+    chex.assert_trees_all_close(trace_model.apply(trace_vars, x, **kwargs),
+                                plan_model.apply(plan_vars, x, **kwargs), atol=1e-5)
 
 
 class TwoLayer(nn.Module):
