@@ -116,3 +116,19 @@ def test_model_without_plan_shrinks_through_the_trace(tmp_path, traced_models, n
 def test_model_without_plan_refuses_mean_replacement(tmp_path, traced_models):
     with pytest.raises(ConfigError, match="mean_replacement.*shrink plan"):
         _run(tmp_path, "model=tiny_vit", "shrink=true", "mean_replacement=true")
+
+
+def test_vit_loses_whole_heads(tmp_path, traced_models):
+    masked = _run(tmp_path / "m", "model=tiny_vit", "structure=heads", "criterion=l2", "shrink=false")
+    shrunk = _run(tmp_path / "s", "model=tiny_vit", "structure=heads", "criterion=taylor", "shrink=true")
+    # One block of 2 heads: one head goes, with its q/k/v columns and its rows of the output projection.
+    assert list(shrunk["units_total"].values()) == [2] and list(shrunk["units_kept"].values()) == [1]
+    assert shrunk["total_params"] - shrunk["params_final"] == 3 * (16 * 8 + 8) + 8 * 16
+    # A head's softmax sees only its own q.k: removing it equals zeroing it.
+    assert masked["units_kept"] == {k: 1 for k in shrunk["units_kept"]}
+    assert shrunk["flops_final"] < shrunk["flops_dense"]
+
+
+def test_heads_needs_one_shot(tmp_path):
+    with pytest.raises(ConfigError, match="structure='heads'"):
+        _run(tmp_path, "structure=heads", "method=gradual_magnitude")

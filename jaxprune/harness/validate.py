@@ -31,7 +31,12 @@ def validate_config(config: Any) -> None:
     if config.method not in METHODS:  # registered by jaxprune.methods
         raise ConfigError(f"method={config.method!r} is unknown; known: {sorted(METHODS)}")
     check_names(config.scorer, config.allocation)
-    parse_structure(config.structure)
+    if config.structure == "heads":  # whole attention heads: only through the traced graph
+        if config.method not in ("one_shot", "global_one_shot"):
+            raise ConfigError(f"structure='heads' runs with method=one_shot (units removed once, through "
+                              f"the traced graph), got method={config.method!r}")
+    else:
+        parse_structure(config.structure)
     validate_model(config)
     validate_stages(config)
 
@@ -83,8 +88,8 @@ def validate_stages(config: Any) -> None:
         raise ConfigError("config field 'mean_replacement' needs shrink=true (the removed units' mean "
                           "is folded into the next layer of the shrunk model)")
     if (g("shrink", False) or g("criterion", "none") != "none") and g("structure") not in (
-            "neurons", "channels"):
-        raise ConfigError("config fields 'shrink' and 'criterion' need structure=neurons or channels, "
+            "neurons", "channels", "heads"):
+        raise ConfigError("config fields 'shrink' and 'criterion' need structure=neurons, channels or heads, "
                           f"got structure={g('structure')!r}")
     if g("quantize", "none") not in BITS:
         raise ConfigError(f"config field 'quantize' must be one of {sorted(BITS)}, got {g('quantize')!r}")
