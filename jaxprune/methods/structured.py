@@ -13,6 +13,10 @@
    Replacement Pruning); else mask the units' weights, bias and norm parameters (same function);
 5. fine-tune ``finetune_epochs`` (the small model is dense: plain Adam; the masked one: masked Adam).
 
+A model without a hand-written shrink plan (``resnet18``, ``mobilenet_v2``, ``vit``, a user's
+registered model), and every ``structure=heads`` run, goes through the traced graph instead
+(:mod:`jaxprune.methods.traced`: its units are the graph's coupled groups).
+
 The result adds ``criterion``, ``units_kept`` per layer, ``params_final`` (the real parameter count
 of the final model) and the cost fields every run gets (``flops_*``, ``latency_*``).
 """

@@ -37,8 +37,8 @@ from jaxprune.structure import Graph, StructuredPlan, group_scores, select_units
 from jaxprune.structure.api import attention_dims
 from jaxprune.structure.importance import activation_group_scores, producer_layers
 
-__all__ = ["UNIT_KINDS", "calibration_inputs", "run_groups", "group_names", "traced_keep", "unit_masks_to_groups",
-           "traced_masks"]
+__all__ = ["UNIT_KINDS", "calibration_inputs", "run_groups", "group_names", "traced_keep",
+           "unit_masks_to_groups", "traced_masks"]
 
 UNIT_KINDS = {"neurons": ("features", "residual"), "channels": ("features", "residual"),
               "heads": ("heads",)}
@@ -126,7 +126,8 @@ def traced_keep(run: Run, base: Any, params: Any, model_state: Any, example: Any
         raise ConfigError(f"structure={c.structure!r}: model={c.model!r} has no prunable group of kind "
                           f"{UNIT_KINDS[str(c.structure)]} in its traced graph")
     scores = _scores(run, graph, ids, params, model_state, str(c.criterion), base, kwargs)
-    keep = select_units(graph, scores, float(c.sparsity), skip=[g.id for g in graph.groups if g.id not in ids])
+    others = [g.id for g in graph.groups if g.id not in ids]
+    keep = select_units(graph, scores, float(c.sparsity), skip=others)
     return StructuredPlan(graph, scores, keep, "linen"), group_names(graph, ids)
 
 
@@ -164,8 +165,8 @@ def traced_masks(plan: StructuredPlan, params: Any) -> Any:
     >>> from jaxprune.models import MLP, init_params
     >>> m = MLP((3, 2)); v = init_params(m, jax.random.PRNGKey(0), (1, 4))
     >>> g = trace_linen(m, v, jnp.ones((1, 4)))
-    >>> mk = traced_masks(StructuredPlan(g, {}, unit_masks_to_groups(g, {'Dense_0': np.array([1, 0, 1], bool)}),
-    ...                                  'linen'), v['params'])
+    >>> keep = unit_masks_to_groups(g, {'Dense_0': np.array([1, 0, 1], bool)})
+    >>> mk = traced_masks(StructuredPlan(g, {}, keep, 'linen'), v['params'])
     >>> mk['Dense_0']['bias'].tolist(), mk['Dense_1']['kernel'][:, 0].tolist()
     ([True, False, True], [True, False, True])
     """
