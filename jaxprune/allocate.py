@@ -147,7 +147,7 @@ def _erdos_renyi(params, sparsity, include, exclude, overrides, kernel_dims: boo
     base = xp.clip(xp.floor(zeros), 0, sizes)
     short = xp.asarray(target, dt) - xp.sum(base)
     rank = _stable_argsort(xp, _stable_argsort(xp, -(zeros - base)))  # inverse permutation
-    counts = xp.minimum(base + (rank < short), sizes)
+    counts = xp.minimum(base + (rank.astype(base.dtype) < short).astype(base.dtype), sizes)
     ratios = counts / xp.where(sizes > 0, sizes, 1)
     out: list[Any] = [0.0] * len(paths)
     for j, i in enumerate(free):

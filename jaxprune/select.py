@@ -64,8 +64,11 @@ def _selection_dtype(named: Sequence[tuple[str, Any]]) -> np.dtype:
     """The dtype in which leaves are ranked together; raises when it cannot hold one exactly."""
     dtypes = [(path, np.dtype(jnp.result_type(x))) for path, x in named]
     common = dtypes[0][1]
-    for _, d in dtypes[1:]:
-        common = np.dtype(jnp.promote_types(common, d))
+    # Computing the common type is deliberate (every leaf is then cast to it explicitly), so it
+    # uses jax's standard lattice even under jax_numpy_dtype_promotion='strict'.
+    with jax.numpy_dtype_promotion("standard"):
+        for _, d in dtypes[1:]:
+            common = np.dtype(jnp.promote_types(common, d))
     common = np.dtype(jax.dtypes.canonicalize_dtype(common))
     for path, d in dtypes:
         if d.kind not in "biuf":

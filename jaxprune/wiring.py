@@ -35,7 +35,7 @@ from jax.extend import core as jex_core
 from jaxprune.errors import PruningError
 from jaxprune.paths import path_str
 
-__all__ = ["output_kernels", "reduction_axes", "kernel_uses", "KernelUse"]
+__all__ = ["output_kernels", "reduction_axes", "kernel_uses", "KernelUse", "call_body"]
 
 _CONTRACTIONS = ("dot_general", "conv_general_dilated")
 _SAME_LAYOUT = ("convert_element_type", "copy", "copy_p", "reduce_precision", "optimization_barrier")
@@ -107,8 +107,15 @@ def _view_after(eqn: Any, view: tuple) -> Optional[tuple]:
     return None
 
 
-def _sub_jaxpr(eqn: Any) -> Optional[Any]:
-    """The body of an inlinable call: a (Closed)Jaxpr taking exactly the equation's operands."""
+def call_body(eqn: Any) -> Optional[Any]:
+    """The body of a call equation (``jit``, ``custom_jvp_call`` ...): the (Closed)Jaxpr among its
+    params that takes exactly the equation's operands and returns its results; None if there is none.
+
+    >>> import jax, jax.numpy as jnp
+    >>> eqn = jax.make_jaxpr(jax.jit(jnp.tanh))(jnp.ones(2)).jaxpr.eqns[0]
+    >>> [e.primitive.name for e in call_body(eqn).eqns]
+    ['tanh']
+    """
     for val in eqn.params.values():
         body = getattr(val, "jaxpr", val)
         if hasattr(body, "eqns") and len(body.invars) == len(eqn.invars) \
@@ -156,8 +163,8 @@ def _walk(jaxpr: Any, infos: list[_Info], uses: list[tuple[int, tuple]], paths: 
                 outs = [_Info(None, frozenset({weights[0][1][0]}))]
             else:
                 outs = [_Info(None, taint)]
-        elif name in _INLINE and _sub_jaxpr(eqn) is not None:
-            outs = _walk(_sub_jaxpr(eqn), ins, uses, paths)
+        elif name in _INLINE and call_body(eqn) is not None:
+            outs = _walk(call_body(eqn), ins, uses, paths)
         elif _has_body(eqn):
             carried = [i.origin[0] for i in ins if i.origin is not None]
             if carried:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from jaxprune.errors import PruningError
 from jaxprune.models.gpt import causal_attention, gpt_nano
 from jaxprune.structure.graph import Member, trace, trace_linen, trace_nnx
-from user_models import user_cnn, user_nnx_mlp, user_nnx_transformer
+from user_models import UserCNN, user_nnx_mlp, user_nnx_transformer
 
 FEW = settings(max_examples=3, deadline=None)
 
@@ -29,6 +29,11 @@ def _params(key, shapes):
     # Weights of ~unit gain keep activations O(1), so float32 summation order stays below 1e-5.
     return {k: jax.random.normal(kk, s) / np.sqrt(max(np.prod(s[:-1]), 1))
             for kk, (k, s) in zip(keys, sorted(shapes.items()))}
+
+
+def _shapes_only(model, x):
+    """Abstract variables: the tracer needs shapes only, and eager init of a model is slow."""
+    return jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
 
 
 def _random_keep(graph, seed):
@@ -50,7 +55,8 @@ def _check_equivalent(f, params, x, seed):
     removed = sum(int((~m).sum()) for m in keep.values())
     assert removed == 0 or jax.tree.leaves(jax.tree.map(jnp.size, small)) != \
         jax.tree.leaves(jax.tree.map(jnp.size, params))
-    np.testing.assert_allclose(f(small, x), f(graph.masked(params, keep), x), atol=1e-5, rtol=1e-5)
+    run = jax.jit(f)  # one compile per shape set instead of one per op
+    np.testing.assert_allclose(run(small, x), run(graph.masked(params, keep), x), atol=1e-5, rtol=1e-5)
     return graph, keep, small
 
 
@@ -274,6 +280,9 @@ def test_tied_embedding_width_is_prunable_vocab_is_not(seed):
     (lambda h: jnp.cumsum(h, axis=-1), "cumsum"),
     (lambda h: jax.lax.scan(lambda c, r: (c, r * 2.0), 0.0, h.T)[1].T, "scan"),
     (lambda h: jnp.sort(h, axis=-1), "sort"),
+    (lambda h: jax.lax.cond(h.sum() > 0, lambda a: a * 2.0, lambda a: -a, h), "cond"),
+    (lambda h: jax.lax.while_loop(lambda c: c[0] < 2, lambda c: (c[0] + 1, c[1] * 2.0), (0, h))[1],
+     "while"),
     (lambda h: jnp.concatenate([h[:, ::2], h[:, 1::2]], axis=-1), "slice"),
 ])
 def test_unknown_op_refuses_only_the_groups_it_touches(op, word):
@@ -310,8 +319,9 @@ def test_trace_failure_names_the_function():
 
 # --- models: linen and nnx -----------------------------------------------------------------------
 
-def test_user_cnn_groups_and_equivalence():
-    model, variables, x = user_cnn()
+def test_user_cnn_groups_and_shrunk_shapes():
+    model, x = UserCNN(), jnp.ones((4, 8, 8, 1))
+    variables = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), _shapes_only(model, x))
     graph = trace_linen(model, variables, x)
     res = graph.group_of("params/stem/kernel", 3)
     assert res.kind == "residual" and res.size == 8 and res.prunable
@@ -366,8 +376,7 @@ def test_user_nnx_transformer_heads_and_residual():
 def test_gpt_heads_are_blocks_of_the_merged_projection():
     model = gpt_nano(vocab_size=11, context=8, num_layers=1, width=16, num_heads=2, tied=True)
     tokens = jnp.zeros((2, 8), jnp.int32)
-    variables = model.init(jax.random.PRNGKey(0), tokens)
-    graph = trace_linen(model, variables, tokens)
+    graph = trace_linen(model, _shapes_only(model, tokens), tokens)
     q = "params/blocks_0/query/kernel"
     heads = graph.group_of(q, 1)
     assert heads.kind == "heads" and heads.size == 2 and Member(q, 1, 8, 8) in heads.members
@@ -429,8 +438,7 @@ class GroupNormNet(nn.Module):
 
 def test_group_norm_splits_channels_into_groups():
     model, x = GroupNormNet(), jnp.ones((2, 4, 4, 1))
-    variables = model.init(jax.random.PRNGKey(0), x)
-    graph = trace_linen(model, variables, x)
+    graph = trace_linen(model, _shapes_only(model, x), x)
     found = {g.kind: g for g in graph.groups_of("params/conv/kernel", 3)}
     assert set(found) == {"groups", "features"}
     assert found["groups"].size == 4 and Member("params/gn/scale", 0, 2, 2) in found["groups"].members
@@ -439,41 +447,51 @@ def test_group_norm_splits_channels_into_groups():
     assert "reduce_sum" in within.reduced_by and found["groups"].prunable
 
 
-class Depthwise(nn.Module):
+class DepthwiseX2(nn.Module):
+    """1x1 expand, a depthwise 3x3 with channel multiplier 2 (each channel -> 2), 1x1 project."""
+
     @nn.compact
     def __call__(self, x):
         h = nn.relu(nn.Conv(6, (1, 1), name="expand")(x))
-        h = nn.relu(nn.Conv(6, (3, 3), feature_group_count=6, name="dw")(h))
+        h = nn.relu(nn.Conv(12, (3, 3), feature_group_count=6, name="dw")(h))
         return nn.Conv(2, (1, 1), name="project")(h)
 
 
+def _depthwise_x2(v, x):
+    """DepthwiseX2 on its params, every size read from them."""
+    p = v["params"]
+    h = jax.nn.relu(x @ p["expand"]["kernel"][0, 0] + p["expand"]["bias"].reshape(1, 1, 1, -1))
+    h = jax.lax.conv_general_dilated(h, p["dw"]["kernel"], (1, 1), "SAME", feature_group_count=h.shape[-1],
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    h = jax.nn.relu(h + p["dw"]["bias"].reshape(1, 1, 1, -1))
+    return h @ p["project"]["kernel"][0, 0] + p["project"]["bias"].reshape(1, 1, 1, -1)
+
+
 def test_depthwise_conv_joins_its_input_and_output_channels():
-    model, x = Depthwise(), jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4, 3))
+    model, x = DepthwiseX2(), jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4, 3))
     variables = model.init(jax.random.PRNGKey(0), x)
+    np.testing.assert_allclose(_depthwise_x2(variables, x), model.apply(variables, x), atol=1e-5)
     graph = trace_linen(model, variables, x)
-    g = graph.group_of("params/expand/kernel", 3)
-    assert g.prunable and g.size == 6 and {(m.path, m.axis) for m in g.members} == {
-        ("params/expand/kernel", 3), ("params/expand/bias", 0), ("params/dw/kernel", 3),
-        ("params/dw/bias", 0), ("params/project/kernel", 2)}
-    keep = {g.id: np.arange(6) % 2 == 0}
+    channel = graph.group_of("params/expand/kernel", 3)
+    assert channel.prunable and channel.size == 6 and channel.kind == "features"
+    assert set(channel.members) == {
+        Member("params/expand/kernel", 3), Member("params/expand/bias", 0), Member("params/dw/kernel", 3, 2, 2),
+        Member("params/dw/bias", 0, 2, 2), Member("params/project/kernel", 2, 2, 2)}
+    (multiplier,) = [g for g in graph.groups_of("params/dw/kernel", 3) if g.id != channel.id]
+    assert multiplier.size == 2 and multiplier.prunable and multiplier.producers == ("params/dw/kernel",)
+    assert Member("params/project/kernel", 2, 1, 1, 0, 6, 2) in multiplier.members
+    keep = {channel.id: np.arange(6) % 2 == 0, multiplier.id: np.array([False, True])}
     small = graph.shrink(variables, keep)
     assert small["params"]["dw"]["kernel"].shape == (3, 3, 1, 3)
-    f = lambda v, x: nn.Conv(2, (1, 1)).apply({"params": v["params"]["project"]}, jax.nn.relu(  # noqa
-        jax.lax.conv_general_dilated(jax.nn.relu(x @ v["params"]["expand"]["kernel"][0, 0]
-                                                 + v["params"]["expand"]["bias"].reshape(1, 1, 1, -1)),
-                                     v["params"]["dw"]["kernel"], (1, 1), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     feature_group_count=v["params"]["dw"]["kernel"].shape[-1])
-        + v["params"]["dw"]["bias"].reshape(1, 1, 1, -1)))
-    np.testing.assert_allclose(f(small, x), f(graph.masked(variables, keep), x), atol=1e-5)
-    np.testing.assert_allclose(f(variables, x), model.apply(variables, x), atol=1e-5)
+    np.testing.assert_allclose(_depthwise_x2(small, x), _depthwise_x2(graph.masked(variables, keep), x),
+                               atol=1e-5)
 
 
 def test_zoo_vit_heads_and_width_with_class_token():
     from jaxprune.models.vit import ViT
 
     model, x = ViT(10, patch=7, width=8, depth=1, num_heads=2, mlp_dim=16), jnp.ones((2, 28, 28, 1))
-    graph = trace_linen(model, model.init(jax.random.PRNGKey(0), x), x)
+    graph = trace_linen(model, _shapes_only(model, x), x)
     q, v = "params/blocks_0/attn/query/kernel", "params/blocks_0/attn/value/kernel"
     assert (graph.group_of(q, 1).kind, graph.group_of(q, 1).size) == ("heads", 2)
     assert graph.group_of(v, 2).kind == "head_dim" and graph.group_of(q, 2).kind == "head_dim"
@@ -489,7 +507,7 @@ def test_zero_padded_shortcut_refuses_only_the_padding():
     from jaxprune.models.resnet import ResNet20
 
     model, x = ResNet20(10), jnp.ones((1, 8, 8, 3))
-    graph = trace_linen(model, model.init(jax.random.PRNGKey(0), x), x)
+    graph = trace_linen(model, _shapes_only(model, x), x)
     bn = "params/BasicBlock_3/BatchNorm_1/scale"  # stage 2: 32 channels = 8 pad + 16 + 8 pad
     found = sorted(graph.groups_of(bn, 0), key=lambda g: [m.offset for m in g.members if m.path == bn])
     assert [g.size for g in found] == [8, 16, 8]
@@ -508,7 +526,7 @@ class RMSNet(nn.Module):
 
 def test_rms_norm_scale_follows_the_width_and_is_reduced():
     model, x = RMSNet(), jnp.ones((2, 3))
-    graph = trace_linen(model, model.init(jax.random.PRNGKey(0), x), x)
+    graph = trace_linen(model, _shapes_only(model, x), x)
     width = graph.group_of("params/up/kernel", 1)
     assert width.kind == "residual" and width.prunable and width.reduced_by
     assert Member("params/norm/scale", 0) in width.members

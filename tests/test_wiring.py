@@ -92,3 +92,11 @@ def test_refuses_what_it_cannot_follow():
         reduction_axes(lambda p, x: x @ p["w"] + (x @ p["w"].T), p, jnp.ones((1, 4)))
     with pytest.raises(jp.PruningError, match="failed to trace"):
         output_kernels(lambda p, x: x @ p["missing"], p, jnp.ones((1, 4)))
+
+
+def test_core_test_files_run_under_strict_dtype_promotion():
+    """conftest's STRICT_DTYPE_FILES fixture is on here: an implicit int32 + float32 promotion raises."""
+    import jax.numpy as jnp
+
+    with pytest.raises(Exception, match="promot"):
+        jnp.ones(2, jnp.float32) + jnp.ones(2, jnp.int32)

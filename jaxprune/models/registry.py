@@ -232,3 +232,4 @@ register_model("mobilenet_v2", MobileNetV2, nnx=_nnx_in_channels(NnxMobileNetV2)
 register_model("vit", ViT, nnx=_nnx_vit)
 # num_classes = vocabulary size; context=, num_layers=, width=, ...
 register_model("gpt", gpt_nano, nnx=_nnx_gpt, inputs="tokens")
+

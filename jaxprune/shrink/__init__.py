@@ -10,6 +10,7 @@ included. See ``docs/shrink.md``.
 """
 
 from jaxprune.shrink.cost import flops, latency_ms, macs, param_bytes, param_count
+from jaxprune.shrink.fastconv import conv_general_dilated, fast_convs, with_fast_convs
 from jaxprune.shrink.plans import Edge, Plan, plan_for
 from jaxprune.shrink.surgery import shrink, unit_means
 from jaxprune.shrink.units import removal_masks, unit_masks, unit_masks_from_scores
@@ -17,6 +18,8 @@ from jaxprune.shrink.units import removal_masks, unit_masks, unit_masks_from_sco
 __all__ = [
     "Edge",
     "Plan",
+    "conv_general_dilated",
+    "fast_convs",
     "flops",
     "latency_ms",
     "macs",
@@ -28,4 +31,5 @@ __all__ = [
     "unit_masks",
     "unit_masks_from_scores",
     "unit_means",
+    "with_fast_convs",
 ]

@@ -75,8 +75,8 @@ class Member(NamedTuple):
 class Group(NamedTuple):
     """Units that shrink together: ``size`` of them, each occupying a slice of every member.
 
-    ``kind`` is ``'features'`` (hidden units, channels), ``'residual'`` (an axis several layers
-    write, joined by adds), ``'heads'``, ``'head_dim'`` or ``'groups'`` (GroupNorm groups, grouped
+    ``kind`` is ``'features'`` (hidden units, channels), ``'residual'`` (an axis on which two
+    activations are added: a ResNet's or transformer's residual stream), ``'heads'``, ``'head_dim'`` or ``'groups'`` (GroupNorm groups, grouped
     convolutions). ``producers`` are the leaves whose output axis creates the units (kernels,
     embedding tables); ``reduced_by`` names the reductions that run over the units (a LayerNorm's
     mean and variance): removing units there changes what the statistic sees, so the shrunk model
@@ -283,11 +283,14 @@ def _leaf_members(A: Atoms, atom: int) -> Optional[list[tuple[int, int, int, int
     return product(A.items([atom]), 0, True)
 
 
-def _kind(marks: set, producers: set) -> str:
+def _kind(marks: set, producers: set, reasons: set) -> str:
+    if "model input" in reasons:
+        return "features"
     for kind in ("heads", "head_dim", "groups"):
         if kind in marks:
             return kind
-    return "residual" if len(producers) > 1 else "features"
+    # A sum of two activations that two layers write (a normalisation's x - mean is not one).
+    return "residual" if "residual" in marks and len(producers) > 1 else "features"
 
 
 def _reason(reasons: set) -> Optional[str]:
@@ -377,7 +380,7 @@ def _assemble(A: Atoms, rec: Any, vals: list, paths: list[str], shapes: list[tup
             reasons.add("no layer produces these units")
         mk = marks.get(r, set()) | A.marks.get(r, set())
         found.sort(key=lambda t: t[0])
-        groups.append((found[0][0], size, _kind(mk, prod), tuple(dict.fromkeys(m for _, m in found)),
+        groups.append((found[0][0], size, _kind(mk, prod, reasons), tuple(dict.fromkeys(m for _, m in found)),
                        reasons, tuple(sorted(prod)), tuple(sorted(reduced.get(r, ())))))
     groups.sort(key=lambda g: g[0])
     out = tuple(Group(i, size, kind, mem, not reasons, _reason(reasons), prod, red)

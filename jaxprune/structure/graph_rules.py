@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence
 from jax.extend import core as jex_core
 
 from jaxprune.structure.graph_atoms import Atoms, Layout, Trace, Val, fresh
+from jaxprune.wiring import call_body
 
 __all__ = ["walk"]
 
@@ -26,6 +27,7 @@ square sub tan tanh xor convert_element_type copy copy_p sharding_constraint
 mesh_cast reshard stop_gradient
 """.split())
 # Ops that keep a parameter a parameter (its axes re-laid out, no arithmetic across entries).
+_ADDS = frozenset(("add", "add_any", "sub"))
 _RELAYOUT = frozenset("convert_element_type copy copy_p reduce_precision reshape transpose squeeze "
                       "broadcast_in_dim sharding_constraint mesh_cast reshard".split())
 _REDUCE = frozenset("reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or reduce_xor "
@@ -35,16 +37,6 @@ _SOURCES = frozenset("iota random_bits random_seed random_wrap random_unwrap ran
                      "random_fold_in threefry2x32 rng_bit_generator rng_uniform".split())
 _INLINE = frozenset("pjit jit closed_call core_call remat checkpoint custom_jvp_call custom_vjp_call "
                     "custom_vjp_call_jaxpr custom_lin".split())
-
-
-def _body(eqn: Any) -> Optional[Any]:
-    """The sub-jaxpr of an inlinable call taking exactly the equation's operands."""
-    for val in eqn.params.values():
-        body = getattr(val, "jaxpr", val)
-        if hasattr(body, "eqns") and len(body.invars) == len(eqn.invars) \
-                and len(body.outvars) == len(eqn.outvars):
-            return val
-    return None
 
 
 def _flat(layout: Sequence[Layout]) -> list[int]:
@@ -88,8 +80,8 @@ class _Walker:
         out_shapes = [tuple(v.aval.shape) for v in eqn.outvars]
         origin = ins[0].origin if ins and name in _RELAYOUT else None
         rule = getattr(self, "r_" + name, None)
-        if name in _INLINE and _body(eqn) is not None:
-            return self.run(_body(eqn), ins)
+        if name in _INLINE and call_body(eqn) is not None:
+            return self.run(call_body(eqn), ins)
         if name in _ELEMENTWISE and all(len(s) in (0, len(out_shapes[0])) for s in shapes):
             # Operands may broadcast their size-1 axes: only full-size axes align.
             layout = list(fresh(self.A, out_shapes[0]))
@@ -98,6 +90,9 @@ class _Walker:
                 if full:
                     self.join_all(full, f"'{name}' mixes units")
                     layout[axis] = full[0]
+                    if name in _ADDS and sum(v.origin is None and len(s) and s[axis] == n
+                                             for v, s in zip(ins, shapes)) > 1:
+                        self.A.mark(list(full[0]), "residual")  # two activations summed
             return [Val(tuple(layout), origin)]
         if name in _SOURCES:
             return [Val(fresh(self.A, s), None) for s in out_shapes]
