@@ -40,7 +40,9 @@ from jaxprune.models import (
     train_kwargs,
 )
 from jaxprune.models.plans import OUTPUT_LAYER
+from jaxprune.methods.traced import unit_masks_to_groups
 from jaxprune.shrink import plan_for, removal_masks, shrink
+from jaxprune.structure import StructuredPlan, apply_plan, trace_linen
 from jaxprune.shrink.plans import layer_params
 from jaxprune.sweep.vmapped import fit_group, vmap_groups
 from jaxprune.train import create_train_state, fit
@@ -119,7 +121,8 @@ def test_init_params_drops_activation_collection(key):
 
 def test_registry_names_and_errors():
     # The zoo; other architectures may be registered next to it.
-    assert {"tutorial_mlp", "lenet300", "mlp", "lenet5", "small_cnn", "resnet20", "gpt"} <= set(MODELS)
+    assert {"tutorial_mlp", "lenet300", "mlp", "lenet5", "small_cnn", "resnet20", "gpt", "resnet18",
+            "mobilenet_v2", "vit"} <= set(MODELS)
     for name in MODELS:
         assert isinstance(get_model(name, 10), nn.Module)
     assert get_model("mlp", 3, hidden=(5, 6)).features == (5, 6, 3)
@@ -186,9 +189,12 @@ def test_nnx_mlp_trains_end_to_end():
 # that computes what the masked original computes.
 
 
-# Smaller instances of entries whose default compiles slowly on 2 cores (a new entry needs none).
+# Smaller instances of entries whose default compiles slowly on 2 cores, or whose patch does not fit
+# the 8x8 example images; the same keywords build the linen model and its nnx twin.
 SMALL = {"resnet20": {"blocks_per_stage": 1},  # still one projection shortcut per stage change
-         "vit": {"patch": 4}}  # the example images are 8x8
+         "resnet18": {"stage_channels": (8, 16), "blocks_per_stage": 1},
+         "mobilenet_v2": {"blocks": ((1, 8, 1, 1), (6, 8, 2, 2)), "stem_channels": 8, "last_channels": 16},
+         "vit": {"patch": 4, "width": 16, "depth": 1, "num_heads": 2, "mlp_dim": 16}}
 
 
 def _example(entry):
@@ -196,7 +202,7 @@ def _example(entry):
     if entry.inputs == "tokens":
         return {"context": 8}, (8,), jnp.arange(16, dtype=jnp.int32).reshape(2, 8) % 13
     shape = (8, 8, 3)
-    return SMALL.get(entry.name, {}), shape, jax.random.uniform(jax.random.PRNGKey(1), (2, *shape))
+    return dict(SMALL.get(entry.name, {})), shape, jax.random.uniform(jax.random.PRNGKey(1), (2, *shape))
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -249,6 +255,31 @@ def test_entries_with_a_shrink_plan_shrink(name):
     chex.assert_trees_all_close(out, jax.jit(lambda v: model.apply(v, x, **kwargs))(masked), atol=1e-5)
     assert sum(int(np.size(v)) for v in jax.tree.leaves(small)) < sum(
         int(np.size(v)) for v in jax.tree.leaves(variables))
+
+
+@pytest.mark.parametrize("name", [n for n, e in MODELS.items() if e.shrink_plan is not None])
+def test_hand_written_plan_agrees_with_the_trace(name):
+    """Issue 17's "generated from the trace, with a test that they agree": the same unit masks, shrunk
+    by the entry's plan and through the traced graph, give the same shapes and the same outputs."""
+    entry = model_entry(name)
+    kw, shape, x = _example(entry)
+    model = get_model(name, 13, **kw)
+    variables = init_params(model, jax.random.PRNGKey(0), x.shape)
+    rng = np.random.default_rng(0)
+    keep = {}
+    for e in plan_for(model).edges:
+        n = layer_params(variables["params"], e.layer)["kernel"].shape[-1]
+        mask = rng.uniform(size=n) < 0.6
+        mask[rng.integers(n)] = True
+        keep[e.layer] = mask
+    kwargs = train_kwargs(model)
+    plan_model, plan_vars = shrink(model, variables, keep)
+    graph = trace_linen(model, variables, x, **kwargs)
+    traced = StructuredPlan(graph, {}, unit_masks_to_groups(graph, keep), "linen")
+    trace_model, trace_vars = apply_plan(traced, model, variables, x, apply_kwargs=kwargs)
+    assert shapes_by_path(trace_vars) == shapes_by_path(plan_vars)
+    chex.assert_trees_all_close(trace_model.apply(trace_vars, x, **kwargs),
+                                plan_model.apply(plan_vars, x, **kwargs), atol=1e-5)
 
 
 class TwoLayer(nn.Module):

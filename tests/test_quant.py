@@ -305,6 +305,16 @@ def test_size_report_float_hand_computed():
     assert r["gzip"] == len(gzip.compress(raw, 9))  # tree order: bias before kernel
 
 
+def test_size_report_quantized_tree_with_matrix_biases():
+    # A ViT's attention biases are (heads, head_dim) matrices; once its kernels are quantized the
+    # report must still count them as plain float leaves (it used to refuse the tree).
+    tree = _small_tree()
+    tree["params"]["attn"] = {"bias": np.ones((2, 4), np.float32)}
+    r = size_report(tree, quantized_bits=8)
+    assert r == size_report(quantize(tree, 8))
+    assert r["dense_int8"] == 12 + 12 + 12 + 8 * 4  # kernel int8 + scales + bias + the f32 matrix bias
+
+
 @pytest.mark.parametrize("bits, values", [(8, 3), (4, 2)])
 def test_size_report_quantized_hand_computed(bits, values):
     tree = _small_tree()

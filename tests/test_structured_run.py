@@ -80,3 +80,55 @@ def test_cli_acceptance_command_shape(tmp_path, capsys):
     assert {"flops_dense", "flops_final", "params_final"} <= set(r)
     # `sparsity` counts the removed units' own kernel columns (the masked-model view).
     assert np.isclose(r["sparsity"], (64 * 150 + 300 * 50) / (64 * 300 + 300 * 100 + 100 * 10))
+
+
+# ------------------------------------------------------------------ models without a hand-written plan
+# They shrink through the traced graph (jaxprune.methods.traced): registered here at small sizes so that
+# a run on 8x8 digits stays fast.
+from jaxprune.models import MODELS, ResNet18, ViT, register_model  # noqa: E402
+
+TRACED = {"tiny_vit": lambda n: ViT(n, patch=4, width=16, depth=1, num_heads=2, mlp_dim=16),
+          "tiny_resnet18": lambda n: ResNet18(n, stage_channels=(8, 16), blocks_per_stage=1)}
+
+
+@pytest.fixture
+def traced_models():
+    for name, build in TRACED.items():
+        register_model(name, build)
+    yield
+    for name in TRACED:
+        del MODELS[name]
+
+
+@pytest.mark.parametrize("name", list(TRACED))
+def test_model_without_plan_shrinks_through_the_trace(tmp_path, traced_models, name):
+    masked = _run(tmp_path / "m", f"model={name}", "criterion=l2", "shrink=false")
+    shrunk = _run(tmp_path / "s", f"model={name}", "criterion=l2", "shrink=true")
+    assert shrunk["units_kept"] == masked["units_kept"] and shrunk["units_kept"]
+    for layer, kept in shrunk["units_kept"].items():  # every group loses round(0.5 n) of its n units
+        assert kept == shrunk["units_total"][layer] - round(0.5 * shrunk["units_total"][layer]), layer
+    assert shrunk["params_final"] < shrunk["total_params"] == masked["params_final"]
+    assert shrunk["flops_final"] < shrunk["flops_dense"]
+    if name == "tiny_resnet18":  # no norm over the pruned axes in eval mode: masked == shrunk
+        assert masked["pruned_test_accuracy"] == shrunk["pruned_test_accuracy"]
+
+
+def test_model_without_plan_refuses_mean_replacement(tmp_path, traced_models):
+    with pytest.raises(ConfigError, match="mean_replacement.*shrink plan"):
+        _run(tmp_path, "model=tiny_vit", "shrink=true", "mean_replacement=true")
+
+
+def test_vit_loses_whole_heads(tmp_path, traced_models):
+    masked = _run(tmp_path / "m", "model=tiny_vit", "structure=heads", "criterion=l2", "shrink=false")
+    shrunk = _run(tmp_path / "s", "model=tiny_vit", "structure=heads", "criterion=taylor", "shrink=true")
+    # One block of 2 heads: one head goes, with its q/k/v columns and its rows of the output projection.
+    assert list(shrunk["units_total"].values()) == [2] and list(shrunk["units_kept"].values()) == [1]
+    assert shrunk["total_params"] - shrunk["params_final"] == 3 * (16 * 8 + 8) + 8 * 16
+    # A head's softmax sees only its own q.k: removing it equals zeroing it.
+    assert masked["units_kept"] == {k: 1 for k in shrunk["units_kept"]}
+    assert shrunk["flops_final"] < shrunk["flops_dense"]
+
+
+def test_heads_needs_one_shot(tmp_path):
+    with pytest.raises(ConfigError, match="structure='heads'"):
+        _run(tmp_path, "structure=heads", "method=gradual_magnitude")

@@ -68,7 +68,7 @@ def preflight(config: Any) -> None:
     """
     validate_config(config)
     if config.get("kind", "nn") != "nn" or config.method == "none" or \
-            config.structure in ("unstructured", "neurons", "channels"):
+            config.structure in ("unstructured", "neurons", "channels", "heads"):
         return
     info = jdata.dataset_info(config.dataset, config.get("data_dir"))
     model = get_model(config.model, info.num_classes)

@@ -105,7 +105,7 @@ FIELDS: dict[str, FieldSpec] = {
     "method": F(str, "one_shot", "prune", "a training-time method of jaxprune.harness.METHODS"),
     "scorer": F(str, "magnitude", "prune", "a scorer of jaxprune.scores"),
     "allocation": F(str, "global", "prune", "uniform | erk | er | global"),
-    "structure": F(str, "unstructured", "prune", "unstructured | nm:N:M | block:RxC | neurons | channels"),
+    "structure": F(str, "unstructured", "prune", "unstructured | nm:N:M | block:RxC | neurons | channels | heads"),
     "sparsity": F(float, 0.5, "prune", "target fraction of prunable weights removed", low=0, high=1),
     "prune_begin": F(float, 0.0, "train", "fraction of training where gradual pruning / DST updates "
                      "start", low=0, high=1, methods=_GRADUAL),
@@ -125,7 +125,7 @@ FIELDS: dict[str, FieldSpec] = {
     "pai_rounds": F(int, 100, "prune", "SynFlow iterations", low=1, methods=("synflow",)),
     "grasp_temperature": F(float, 200.0, "prune", "GraSP: logits / T before the Hessian", low=0,
                            low_open=True, methods=("grasp",)),
-    "criterion": F(str, "none", "prune", "structure=neurons|channels: unit criterion"),
+    "criterion": F(str, "none", "prune", "structure=neurons|channels|heads: unit criterion"),
     "calibration_batches": F(int, 10, "prune", "batches of training data for activation statistics",
                              low=1),
     "shrink": F(bool, False, "prune", "physically remove the pruned units"),

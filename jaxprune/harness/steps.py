@@ -193,7 +193,7 @@ def check_structure_fits(c: Any, params: Any) -> None:
     ...
     jaxprune.errors.ConfigError: config fields 'structure'='nm:2:4', 'allocation'='uniform' and 'sparsity'=0.1: the masks would remove 0.500 of the prunable weights, not the target (an N:M pattern fixes each pruned leaf's sparsity)
     """
-    if c.method == "none" or c.structure in ("neurons", "channels") or c.structure == "unstructured":
+    if c.method == "none" or c.structure in ("neurons", "channels", "heads") or c.structure == "unstructured":
         return
     try:
         masks = select_masks(params, magnitude_scores(params), c.sparsity, allocation=c.allocation,

@@ -31,14 +31,20 @@ def validate_config(config: Any) -> None:
     if config.method not in METHODS:  # registered by jaxprune.methods
         raise ConfigError(f"method={config.method!r} is unknown; known: {sorted(METHODS)}")
     check_names(config.scorer, config.allocation)
-    parse_structure(config.structure)
+    if config.structure == "heads":  # whole attention heads: only through the traced graph
+        if config.method not in ("one_shot", "global_one_shot"):
+            raise ConfigError(f"structure='heads' runs with method=one_shot (units removed once, through "
+                              f"the traced graph), got method={config.method!r}")
+    else:
+        parse_structure(config.structure)
     validate_model(config)
     validate_stages(config)
 
 
 def validate_model(config: Any) -> None:
     """``model`` names a registered classifier (:data:`jaxprune.models.MODELS`, not a tokens model),
-    with a shrink plan where ``shrink`` or a unit ``criterion`` needs one.
+    with a shrink plan where ``mean_replacement`` needs one (``shrink`` and ``criterion`` work on any
+    model: without a plan, through the traced graph).
 
     >>> import ml_collections
     >>> validate_model(ml_collections.ConfigDict({'model': 'gpt'}))
@@ -55,9 +61,12 @@ def validate_model(config: Any) -> None:
         raise ConfigError(f"config field 'model'={name!r} takes token ids (a language model): run it with "
                           f"kind='lm', or pick an image classifier: {classifiers}")
     g = config.get
-    if entry.shrink_plan is None and (g("shrink", False) or g("criterion", "none") != "none"):
-        raise ConfigError(f"config fields 'shrink' and 'criterion' need a model with a shrink plan; "
-                          f"model={name!r} has none (register one: jaxprune.models.register_model(..., "
+    # Without a hand-written plan a structured run goes through the traced graph
+    # (jaxprune.methods.traced), which has no mean-replacement fold.
+    if entry.shrink_plan is None and g("mean_replacement", False):
+        raise ConfigError(f"config field 'mean_replacement' needs a model with a shrink plan; "
+                          f"model={name!r} has none (it is shrunk through the traced graph, which does "
+                          "not fold means; register a plan: jaxprune.models.register_model(..., "
                           "shrink_plan=...))")
 
 
@@ -79,8 +88,8 @@ def validate_stages(config: Any) -> None:
         raise ConfigError("config field 'mean_replacement' needs shrink=true (the removed units' mean "
                           "is folded into the next layer of the shrunk model)")
     if (g("shrink", False) or g("criterion", "none") != "none") and g("structure") not in (
-            "neurons", "channels"):
-        raise ConfigError("config fields 'shrink' and 'criterion' need structure=neurons or channels, "
+            "neurons", "channels", "heads"):
+        raise ConfigError("config fields 'shrink' and 'criterion' need structure=neurons, channels or heads, "
                           f"got structure={g('structure')!r}")
     if g("quantize", "none") not in BITS:
         raise ConfigError(f"config field 'quantize' must be one of {sorted(BITS)}, got {g('quantize')!r}")

@@ -71,7 +71,7 @@ def _one_shot(run: Run, allocation: str) -> MethodOutput:
 def one_shot(run: Run) -> MethodOutput:
     """Train dense, prune once to the target with the configured scorer, fine-tune with fixed masks.
 
-    With ``structure=neurons|channels`` the run goes to
+    With ``structure=neurons|channels|heads`` the run goes to
     :func:`jaxprune.methods.structured.structured_one_shot` (unit criteria, optional shrink).
     """
     return _one_shot(run, run.config.allocation)

@@ -13,6 +13,10 @@
    Replacement Pruning); else mask the units' weights, bias and norm parameters (same function);
 5. fine-tune ``finetune_epochs`` (the small model is dense: plain Adam; the masked one: masked Adam).
 
+A model without a hand-written shrink plan (``resnet18``, ``mobilenet_v2``, ``vit``, a user's
+registered model), and every ``structure=heads`` run, goes through the traced graph instead
+(:mod:`jaxprune.methods.traced`: its units are the graph's coupled groups).
+
 The result adds ``criterion``, ``units_kept`` per layer, ``params_final`` (the real parameter count
 of the final model) and the cost fields every run gets (``flops_*``, ``latency_*``).
 """
@@ -23,25 +27,20 @@ from typing import Any
 
 import optax
 
-from jaxprune import data as jdata
 from jaxprune.errors import ConfigError
 from jaxprune.harness import (MethodOutput, Run, accuracy, finetune_learning_rate, finetune_masked, rewrap,
                               score_gradients, train, train_dense, unwrap)
 from jaxprune.masks import apply_masks, summary
 from jaxprune.models.common import train_kwargs
+from jaxprune.methods.traced import calibration_inputs, traced_keep, traced_masks
 from jaxprune.neurons import CRITERIA, collect_activation_stats, get_criterion
+from jaxprune.models.registry import registered_plan
 from jaxprune.shrink import plan_for, removal_masks, shrink, unit_masks_from_scores
+from jaxprune.structure import apply_plan
 
 __all__ = ["structured_one_shot", "unit_scores", "STRUCTURED"]
 
-STRUCTURED = ("neurons", "channels")
-
-
-def _calibration(run: Run) -> list:
-    c = run.config
-    n = int(c.calibration_batches)
-    it = jdata.batches(*run.train, c.batch_size, seed=c.seed + 10_007, epoch=0)
-    return [b.images for _, b in zip(range(n), it)]
+STRUCTURED = ("neurons", "channels", "heads")
 
 
 def unit_scores(run: Run, params: Any, model_state: Any, criterion: str,
@@ -59,7 +58,7 @@ def unit_scores(run: Run, params: Any, model_state: Any, criterion: str,
     if "stats" in inputs or run.config.mean_replacement:
         variables = {"params": params, **model_state}
         base = unwrap(run.model)
-        stats = collect_activation_stats(base, variables, _calibration(run), **train_kwargs(base))
+        stats = collect_activation_stats(base, variables, calibration_inputs(run), **train_kwargs(base))
     given: dict[str, Any] = {}
     if "stats" in inputs:
         given["stats"] = stats
@@ -79,7 +78,9 @@ def structured_one_shot(run: Run) -> MethodOutput:
     """Train dense, remove the lowest-scoring units of each hidden layer, (shrink,) fine-tune."""
     c = run.config  # its fields were validated before data loaded (harness.validate_config)
     base = unwrap(run.model)
-    plan = plan_for(base)  # raises a clear error for unsupported architectures
+    if registered_plan(base) is None or c.structure == "heads":
+        return _traced_one_shot(run, base)
+    plan = plan_for(base)
     layers = tuple(e.layer for e in plan.edges)
     state = train_dense(run)
     params, model_state = state.params, state.model_state
@@ -101,6 +102,15 @@ def structured_one_shot(run: Run) -> MethodOutput:
     means = {k: stats[k] for k in layers} if c.mean_replacement else None
     small_model, small = shrink(base, {"params": params, **model_state}, keep,
                                 mean_replacement=means, input_shape=run.train[0].shape[1:])
+    # Totals are those of the original model with the removed units counted as zeros, so that a
+    # shrunk run and a masked run of the same config report the same sparsity; `params_final` is the
+    # real size of the model that is left.
+    return _finish_small(run, small_model, small, params, model_state, masks, dense_acc, extra)
+
+
+def _finish_small(run: Run, small_model: Any, small: Any, params: Any, model_state: Any, masks: Any,
+                  dense_acc: float, extra: dict) -> MethodOutput:
+    c = run.config
     small_model = rewrap(run.model, small_model)
     small_params = small["params"]
     small_state = {k: v for k, v in small.items() if k != "params"}
@@ -112,9 +122,30 @@ def structured_one_shot(run: Run) -> MethodOutput:
         small_params, small_state = st.params, st.model_state
     test_acc = accuracy(small_run, small_params, small_state)
     ss = summary(small_params)
-    # Totals are those of the original model with the removed units counted as zeros, so that a
-    # shrunk run and a masked run of the same config report the same sparsity; `params_final` is the
-    # real size of the model that is left.
     return MethodOutput(apply_masks(params, masks), model_state, masks, dense_acc, pruned_acc,
                         test_acc, small_model, small,
                         {**extra, "nonzero_params": ss.total["nonzero"], "params_final": ss.total["size"]})
+
+
+def _traced_one_shot(run: Run, base: Any) -> MethodOutput:
+    """The same run for a model without a hand-written plan: units are the traced graph's groups."""
+    c = run.config
+    state = train_dense(run)
+    params, model_state = state.params, state.model_state
+    dense_acc = accuracy(run, params, model_state)
+    kwargs = train_kwargs(base)
+    example = run.train[0][:1]
+    plan, names = traced_keep(run, base, params, model_state, example, kwargs)
+    masks = traced_masks(plan, params)
+    extra: dict[str, Any] = {"criterion": "l2" if c.criterion == "none" else c.criterion,
+                             "units_kept": {names[g]: int(k.sum()) for g, k in plan.keep.items()},
+                             "units_total": {names[g]: int(k.size) for g, k in plan.keep.items()},
+                             "shrunk": bool(c.shrink), "mean_replacement": False}
+    if not c.shrink:
+        pruned = apply_masks(params, masks)
+        pruned_acc = accuracy(run, pruned, model_state)
+        pruned, model_state = finetune_masked(run, pruned, model_state, masks, first_epoch=c.epochs)
+        return MethodOutput(pruned, model_state, masks, dense_acc, pruned_acc, extra=extra)
+    small_model, small = apply_plan(plan, base, {"params": params, **model_state}, example,
+                                    apply_kwargs=kwargs)
+    return _finish_small(run, small_model, small, params, model_state, masks, dense_acc, extra)

@@ -207,6 +207,17 @@ def _nnx_gpt(vocab_size: int, input_shape: Sequence[int], *, rngs: nnx.Rngs, **k
     return NnxGPT(vocab_size, input_shape[0], rngs=rngs, **kw)
 
 
+def _nnx_in_channels(cls: type) -> Callable[..., nnx.Module]:
+    def build(num_classes: int, input_shape: Sequence[int], *, rngs: nnx.Rngs, **kw: Any) -> nnx.Module:
+        return cls(num_classes, in_channels=int(input_shape[-1]), rngs=rngs, **kw)
+
+    return build
+
+
+def _nnx_vit(num_classes: int, input_shape: Sequence[int], *, rngs: nnx.Rngs, **kw: Any) -> nnx.Module:
+    return NnxViT(num_classes, image=tuple(int(d) for d in input_shape), rngs=rngs, **kw)
+
+
 # Grouped training is checked bit-identical to one-by-one runs for the MLPs only: for convs even the
 # scanned step rounds differently (docs/vmapped.md).
 for _name, _linen in (("tutorial_mlp", tutorial_mlp), ("lenet300", lenet300), ("mlp", _mlp)):
@@ -214,22 +225,11 @@ for _name, _linen in (("tutorial_mlp", tutorial_mlp), ("lenet300", lenet300), ("
 register_model("lenet5", LeNet5, nnx=_nnx_lenet5, shrink_plan=lenet5_plan)
 register_model("small_cnn", SmallCNN, nnx=_nnx_small_cnn, shrink_plan=small_cnn_plan)
 register_model("resnet20", ResNet20, shrink_plan=resnet20_plan)
+# No hand-written plan: `jaxprune run ... shrink=true` shrinks these through the traced graph
+# (jaxprune.methods.traced); not groupable (convolutions and attention round differently grouped).
+register_model("resnet18", ResNet18, nnx=_nnx_in_channels(NnxResNet18))
+register_model("mobilenet_v2", MobileNetV2, nnx=_nnx_in_channels(NnxMobileNetV2))
+register_model("vit", ViT, nnx=_nnx_vit)
 # num_classes = vocabulary size; context=, num_layers=, width=, ...
 register_model("gpt", gpt_nano, nnx=_nnx_gpt, inputs="tokens")
 
-
-def _with_channels(twin: Callable[..., nnx.Module]) -> Callable[..., nnx.Module]:
-    def build(num_classes: int, input_shape: Sequence[int], *, rngs: nnx.Rngs, **kw: Any) -> nnx.Module:
-        return twin(num_classes, in_channels=int(input_shape[-1]), rngs=rngs, **kw)
-
-    return build
-
-
-def _nnx_vit(num_classes: int, input_shape: Sequence[int], *, rngs: nnx.Rngs, **kw: Any) -> nnx.Module:
-    return NnxViT(num_classes, image=tuple(input_shape), rngs=rngs, **kw)
-
-
-# No hand-written shrink plans: jaxprune.prune_structured traces these (docs/structure.md).
-register_model("resnet18", ResNet18, nnx=_with_channels(NnxResNet18))
-register_model("mobilenet_v2", MobileNetV2, nnx=_with_channels(NnxMobileNetV2))
-register_model("vit", ViT, nnx=_nnx_vit)

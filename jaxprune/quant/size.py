@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxprune.quant._tree import Include, leaves_with_paths, resolve_include
+from jaxprune.quant._tree import Include, default_include, leaves_with_paths, resolve_include
 from jaxprune.quant.quantize import QuantizedArray, check_bits, is_qarray, quantize
 
 FORMATS = ("dense_f32", "dense_int8", "bitmask", "coo", "csr", "gzip")
@@ -75,11 +75,18 @@ def size_report(params: Any, *, quantized_bits: int | None = None,
     if quantized_bits is not None:
         check_bits(quantized_bits)
         params = quantize(params, quantized_bits, include=include)
-    include = resolve_include(include, params, is_leaf=is_qarray)
+    pairs = leaves_with_paths(params, is_leaf=is_qarray)
+    if include is None and any(isinstance(x, QuantizedArray) for _, x in pairs):
+        # Already quantized: the kernels are QuantizedArrays, so the guard against "no kernel
+        # selected" would misfire on a tree whose other float leaves are matrices (a ViT's
+        # (heads, head_dim) biases, its positional table).
+        include = default_include
+    else:
+        include = resolve_include(include, params, is_leaf=is_qarray)
 
     totals = dict.fromkeys(FORMATS, 0)
     raw: list[bytes] = []
-    for path, leaf in leaves_with_paths(params, is_leaf=is_qarray):
+    for path, leaf in pairs:
         if isinstance(leaf, QuantizedArray):
             values, scale = np.asarray(leaf.values), np.asarray(leaf.scale)
             sizes = _selected_sizes(values, leaf.bits, scale.nbytes, leaf.bits, scale.nbytes)

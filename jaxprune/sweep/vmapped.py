@@ -65,7 +65,7 @@ _VARYING = ("seed", "sparsity", "progress")
 # Fields whose other values change what a run does in ways a group does not replicate.
 _REQUIRED = {"kind": ("nn",), "precision": ("f32",), "quantize": ("none",), "qat_epochs": (0,),
              "mesh": ("", None), "checkpoint_every": (0, None)}
-_STRUCTURED = ("neurons", "channels")
+_STRUCTURED = ("neurons", "channels", "heads")
 
 
 def _config_dict(config: Any, index: int) -> dict:
