@@ -2,7 +2,8 @@
 # Mutation testing of the core pipeline with mutmut 3 (a measurement, not part of scripts/test).
 #
 #   scripts/mutation.sh                 # every core module, one after the other
-#   scripts/mutation.sh counts select   # only these modules (rerun one after adding tests)
+#   scripts/mutation.sh counts select   # only these modules, from scratch
+#   scripts/mutation.sh --survivors counts   # after adding tests: rerun only counts' survivors
 #
 # Each module is mutated on its own, in runs/mutation/<module>/, and only the fast test files listed
 # for it below are run against its mutants. The script prints one line per module
@@ -60,6 +61,8 @@ declare -A TESTS=(
 )
 ORDER=(counts select allocate structures masks paths scores transform schedules)
 
+RERUN=0
+if [ "${1:-}" = "--survivors" ]; then RERUN=1; shift; fi
 MODULES=("$@")
 [ ${#MODULES[@]} -eq 0 ] && MODULES=("${ORDER[@]}")
 for m in "${MODULES[@]}"; do
@@ -79,6 +82,45 @@ toml_list() {  # words -> a TOML list of strings
   local out="" w
   for w in "$@"; do out+="\"$w\", "; done
   echo "[${out%, }]"
+}
+
+rerun_survivors() {
+  # Same mutants as the last run of this module, current test files: only the mutants it left alive
+  # run again (a test added since cannot revive a killed mutant), then the module is scored again.
+  local m="$1" work="$OUT/$1"
+  # shellcheck disable=SC2206
+  local tests=(${TESTS[$1]})
+  [ -f "$work/left.txt" ] || { echo "mutation.sh: no earlier run of $m to rerun" >&2; return 1; }
+  cp "${tests[@]}" tests/helpers.py tests/user_models.py "$work/tests/"
+  cp "${tests[@]}" tests/helpers.py tests/user_models.py "$work/mutants/tests/"
+  local names=()
+  mapfile -t names < <(cut -f1 "$work/left.txt")
+  echo "== $m: rerunning ${#names[@]} survivors against ${tests[*]}"
+  if [ ${#names[@]} -gt 0 ]; then
+    ( cd "$work" && nice -n 10 env JAX_PLATFORMS=cpu JAX_COMPILATION_CACHE_DIR="$OUT/jaxcache" \
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1 \
+        "$MUTMUT" run --max-children "$WORKERS" "${names[@]}" ) \
+      >> "$work/run.log" 2>&1 || { echo "mutmut failed for $m; see $work/run.log" >&2; return 1; }
+  fi
+  ( cd "$work" && "$MUTMUT" results --all true ) > "$work/results.txt" 2>&1
+  report_module "$m"
+}
+
+report_module() {
+  local m="$1" work="$OUT/$1"
+  local line
+  line=$("$PY" scripts/mutation_tools.py score "$m" "$work/results.txt" "$EQUIV" "$work/sample.txt" \
+         "$work/left.txt")
+  echo "$line"
+  echo "$(date -u +%FT%TZ) $line" >> "$OUT/scores.txt"
+  "$PY" scripts/mutation_tools.py drop-section "$SURV" "$m"
+  { echo "### $m"
+    while IFS=$'\t' read -r name st; do
+      echo "# $name: $st"
+      ( cd "$work" && "$MUTMUT" show "$name" 2>/dev/null | tail -n +2 ) || true
+      echo
+    done < "$work/left.txt"
+  } >> "$SURV"
 }
 
 run_module() {
@@ -133,24 +175,11 @@ run_module() {
     > "$work/run.log" 2>&1 || { echo "mutmut failed for $m; see $work/run.log" >&2; tail -n 20 "$work/run.log" >&2; return 1; }
   ( cd "$work" && "$MUTMUT" results --all true ) > "$work/results.txt" 2>&1
 
-  # Score and survivors.
-  local line
-  line=$("$PY" scripts/mutation_tools.py score "$m" "$work/results.txt" "$EQUIV" "$work/sample.txt" \
-         "$work/left.txt")
-  echo "$line"
-  echo "$(date -u +%FT%TZ) $line" >> "$OUT/scores.txt"
-  "$PY" scripts/mutation_tools.py drop-section "$SURV" "$m"
-  { echo "### $m"
-    while IFS=$'\t' read -r name st; do
-      echo "# $name: $st"
-      ( cd "$work" && "$MUTMUT" show "$name" 2>/dev/null | tail -n +2 ) || true
-      echo
-    done < "$work/left.txt"
-  } >> "$SURV"
+  report_module "$m"
 }
 
 printf "%-11s%8s%8s%12s%10s%9s\n" module mutants killed equivalent survived score
 for m in "${MODULES[@]}"; do
-  run_module "$m"
+  if [ "$RERUN" = 1 ]; then rerun_survivors "$m"; else run_module "$m"; fi
 done
 echo "survivors: $SURV"
