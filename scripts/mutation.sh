@@ -126,6 +126,7 @@ run_module() {
   rm -rf "$work"
   mkdir -p "$work"
   cp -r jaxprune "$work/jaxprune"
+  cp -r experiments "$work/experiments"  # some run-level tests load experiments/configs/*.py
   cp scripts/mutation_plugin.py "$work/mutation_plugin.py"
   printf "%s\n" numpy jax jax.numpy flax.linen flax.nnx optax chex jaxprune \
     jaxprune.train > "$work/preload.txt"
@@ -145,7 +146,7 @@ run_module() {
     # a test file added there later (--survivors) is picked up without invalidating the results.
     echo "pytest_add_cli_args_test_selection = [\"tests\"]"
     echo "pytest_add_cli_args = [\"-p\", \"no:cacheprovider\", \"-p\", \"no:xdist\", \"-p\", \"mutation_plugin\"]"
-    echo "also_copy = [\"mutation_plugin.py\"]"
+    echo "also_copy = [\"mutation_plugin.py\", \"experiments\"]"
     echo "process_isolation = \"forkserver\""
     echo "forkserver_warmup = \"import\""
     echo "preload_modules_file = \"$work/preload.txt\""

@@ -268,3 +268,102 @@ def test_train_exports_snapshot_and_set_target():
 
     for name in ("snapshot", "get_snapshot", "set_target", "check_pruned_zero"):
         assert name in train.__all__ and callable(getattr(train, name))
+
+
+# --- schedules: every rule at its boundaries (these also kill jaxprune.train.schedules mutants) ---
+
+from jaxprune.train.schedules import Schedule, check_hparam_values, never  # noqa: E402
+
+
+def _upd(s, steps, hp=None):
+    return [bool(s.is_update(t, hp)) for t in steps]
+
+
+def test_schedule_hparams_are_typed_arrays_and_unknown_names_fail():
+    hp = polynomial(0.1, 0.9, 2, 8, every=3).init_hparams()
+    assert {k: v.dtype.name for k, v in hp.items()} == {
+        "initial": "float32", "sparsity": "float32", "begin": "int32", "end": "int32", "every": "int32"}
+    assert float(hp["initial"]) == pytest.approx(0.1) and int(hp["every"]) == 3
+    with pytest.raises(jp.PruningError, match=r"^Schedule: unknown hyperparameter 'speed'; known: sparsity, "
+                                               r"initial, begin, end, every, rounds$"):
+        Schedule(lambda t, hp: 0.0, lambda t, hp: False, {"speed": 1}).init_hparams()
+
+
+def test_never_and_one_shot_boundaries():
+    n = never(0.3)
+    assert float(n.sparsity(5)) == pytest.approx(0.3) and _upd(n, range(4)) == [False] * 4
+    assert float(never().sparsity(0)) == 0.0
+    s = one_shot(0.5, at=2)
+    assert [float(s.sparsity(t)) for t in range(4)] == [0.0, 0.0, 0.5, 0.5]
+    assert _upd(s, range(4)) == [False, False, True, False]
+
+
+def test_constant_every_begin_end_and_open_end():
+    c = constant(0.5, every=2, begin=1, end=5)
+    assert _upd(c, range(8)) == [False, True, False, True, False, True, False, False]
+    assert _upd(constant(0.5, every=3), (0, 3, 4, 3 * 10**8)) == [True, True, False, True]  # no end
+    hp = dict(c.init_hparams(), every=jnp.int32(0))  # a traced every of 0 reads as 1
+    assert _upd(c, range(1, 4), hp) == [True, True, True]
+
+
+def test_polynomial_power_every_end_and_hparams():
+    lin = polynomial(0.2, 0.6, 2, 6, power=1.0, every=3)
+    np.testing.assert_allclose([float(lin.sparsity(t)) for t in range(8)],
+                               [0.2, 0.2, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6], atol=1e-6)
+    assert _upd(lin, range(8)) == [False, False, True, False, False, True, True, False]  # end always
+    hp = dict(lin.init_hparams(), end=jnp.int32(2))  # end == begin (set_target): s_f right after begin
+    assert float(lin.sparsity(3, hp)) == pytest.approx(0.6) and float(lin.sparsity(1, hp)) == pytest.approx(0.2)
+    with pytest.raises(jp.PruningError, match=r"^polynomial schedule: power must be > 0, got 0"):
+        polynomial(0.0, 0.5, 0, 4, power=0)
+    with pytest.raises(jp.PruningError, match=r"^polynomial schedule: end \(3\) must come after begin \(3\)"):
+        polynomial(0.0, 0.5, 3, 3)
+
+
+def test_iterative_rounds_and_updates():
+    s = iterative(0.5, 2, 3)
+    assert [float(s.sparsity(t)) for t in (0, 2, 3, 5, 6, 9, 30)] == [0.0, 0.0, 0.5, 0.5, 0.75, 0.75, 0.75]
+    assert _upd(s, range(10)) == [False, False, False, True, False, False, True, False, False, False]
+    hp = dict(s.init_hparams(), rounds=jnp.int32(1), sparsity=jnp.float32(0.9))
+    assert float(s.sparsity(3, hp)) == pytest.approx(0.9) and not bool(s.is_update(6, hp))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: constant(0.5, every=0), "schedule: every must be an integer >= 1, got 0"),
+    (lambda: constant(0.5, begin=-1), "schedule: begin must be an integer >= 0, got -1"),
+    (lambda: constant(0.5, every=True), "schedule: every must be an integer >= 1, got True"),
+    (lambda: one_shot(0.5, at=1.5), "schedule: at must be an integer >= 0, got 1.5"),
+    (lambda: iterative(0.2, 0, 10), "schedule: rounds must be an integer >= 1, got 0"),
+    (lambda: iterative(0.2, 2, 0), "schedule: steps_per_round must be an integer >= 1, got 0"),
+    (lambda: constant(0.5, begin=4, end=2), "schedule: end (2) precedes begin (4)"),
+])
+def test_schedule_argument_errors(call, message):
+    with pytest.raises(jp.PruningError) as e:
+        call()
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"speed": 1}, "set_target: unknown schedule hyperparameter 'speed'; known: sparsity, initial, begin, end, "
+                   "every, rounds"),
+    ({"sparsity": True}, "set_target: sparsity must be a real number, got True"),
+    ({"sparsity": "x"}, "set_target: sparsity must be a real number, got 'x'"),
+    ({"initial": np.array([0.5, 1.5])}, "set_target: initial must be in [0, 1], got [0.5, 1.5]"),
+    ({"sparsity": float("nan")}, "set_target: sparsity must be in [0, 1], got nan"),
+    ({"every": 0}, "set_target: every must be an integer >= 1, got 0"),
+    ({"rounds": 0}, "set_target: rounds must be an integer >= 1, got 0"),
+    ({"begin": 1.5}, "set_target: begin must be an integer >= 0, got 1.5"),
+    ({"end": -1}, "set_target: end must be an integer >= 0, got -1"),
+    ({"begin": 5, "end": 4}, "set_target: end (4) precedes begin (5)"),
+])
+def test_check_hparam_values_errors(values, message):
+    with pytest.raises(jp.PruningError) as e:
+        check_hparam_values(values)
+    assert str(e.value) == message
+
+
+def test_check_hparam_values_accepts_edges_and_skips_traced():
+    check_hparam_values({"sparsity": 0.0, "initial": 1.0, "begin": 0, "end": 0, "every": 1, "rounds": 1})
+    check_hparam_values({"begin": 3.0, "end": np.int64(3)}, where="x")  # integral floats are steps
+    jax.jit(lambda v: check_hparam_values({"sparsity": v}) or v)(jnp.float32(2.0))
+    with pytest.raises(jp.PruningError, match=r"^pruning: every"):
+        check_hparam_values({"every": 0}, where="pruning")
