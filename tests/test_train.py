@@ -367,3 +367,93 @@ def test_check_hparam_values_accepts_edges_and_skips_traced():
     jax.jit(lambda v: check_hparam_values({"sparsity": v}) or v)(jnp.float32(2.0))
     with pytest.raises(jp.PruningError, match=r"^pruning: every"):
         check_hparam_values({"every": 0}, where="pruning")
+
+
+# --- the pruning transformation's own checks and helpers (kill jaxprune.train.transform mutants) ---
+
+from jaxprune.train import check_pruned_zero, get_snapshot, reset_where, set_target, snapshot  # noqa: E402
+
+
+def _msg(call):
+    with pytest.raises(jp.PruningError) as e:
+        call()
+    return str(e.value)
+
+
+def test_transform_argument_and_state_errors_say_exactly_what_is_wrong():
+    p = {"w": jnp.ones(2)}
+    plain = optax.sgd(0.1).init(p)
+    assert _msg(lambda: pruning(optax.sgd(0.1), update_masks=3)) == \
+        "pruning: update_masks must be a callable or None"
+    assert _msg(lambda: pruning(optax.sgd(0.1), schedule=0.5)) == \
+        "pruning: schedule must be a jaxprune.train.Schedule, got <class 'float'>"
+    tx = masked(optax.sgd(0.1), {"w": jnp.array([True, False])})
+    assert _msg(lambda: tx.update(p, tx.init(p))) == \
+        "pruning: update() needs params (call tx.update(grads, state, params))"
+    assert _msg(lambda: get_masks(plain)) == "get_masks: the optimizer state holds no PruningState"
+    assert _msg(lambda: check_pruned_zero(p, plain)) == \
+        "check_pruned_zero: the optimizer state holds no PruningState"
+    bare = tx.init(p)._replace(hyperparams=None)
+    assert _msg(lambda: set_target(bare, 0.5)) == "set_target: this PruningState holds no schedule hyperparameters"
+    one = pruning(optax.sgd(0.1), schedule=one_shot(0.5, at=2)).init(p)
+    assert _msg(lambda: set_target(one, every=3)) == \
+        "set_target: the schedule has no every (its hyperparameters: sparsity, begin)"
+    assert _msg(lambda: set_target(one, jnp.ones(3) * 0.5)) == \
+        "set_target: sparsity of shape (3,) does not fit the state's shape ()"
+    assert _msg(lambda: set_target(one, end=1)).startswith("set_target: the schedule has no end")
+    assert _msg(lambda: snapshot(optax.sgd(1.0), step=-1)) == "snapshot: step must be an integer >= 0, got -1"
+    assert _msg(lambda: snapshot(optax.sgd(1.0), step=True)) == "snapshot: step must be an integer >= 0, got True"
+    st = snapshot(optax.sgd(1.0), step=0)
+    assert _msg(lambda: st.update(p, st.init(p))) == "snapshot: update needs params (the copy is of the params)"
+    assert _msg(lambda: get_snapshot(plain)) == "get_snapshot: opt_state holds no snapshot() state"
+
+
+def test_set_target_replaces_values_in_place_and_checks_the_pair():
+    p = {"w": jnp.ones(2)}
+    s = pruning(optax.sgd(0.1), schedule=polynomial(0.0, 0.5, 0, 10)).init(p)
+    s2 = set_target(s, 0.8, begin=4, end=6, every=2, initial=0.1)
+    hp = s2.hyperparams
+    assert {k: (hp[k].dtype.name, hp[k].shape) for k in hp} == {k: (s.hyperparams[k].dtype.name, ())
+                                                                for k in s.hyperparams}
+    assert [float(hp["sparsity"]), float(hp["initial"]), int(hp["begin"]), int(hp["end"]), int(hp["every"])] == \
+        pytest.approx([0.8, 0.1, 4, 6, 2])
+    assert _msg(lambda: set_target(s, begin=11)) == "set_target: end (10) precedes begin (11)"
+    traced = jax.jit(lambda v: set_target(s, v).hyperparams["sparsity"])(jnp.float32(1.5))
+    assert float(traced) == 1.0  # a traced target cannot be checked: it is clipped
+
+
+def test_snapshot_copies_after_exactly_step_updates_and_get_snapshot_finds_it_in_a_chain():
+    tx = optax.chain(optax.identity(), snapshot(optax.sgd(1.0), step=2))
+    p = {"w": jnp.array(5.0)}
+    s = tx.init(p)
+    seen = []
+    for _ in range(4):
+        seen.append(float(p["w"]))
+        u, s = tx.update({"w": jnp.array(1.0)}, s, p)
+        p = optax.apply_updates(p, u)
+    assert seen == [5.0, 4.0, 3.0, 2.0] and float(get_snapshot(s)["w"]) == 3.0
+
+
+def test_reset_where_zeros_only_changed_entries_of_every_moment():
+    tx = optax.adam(1e-3)
+    p = {"w": jnp.ones(3)}
+    s = tx.update({"w": jnp.full(3, 2.0)}, tx.init(p), p)[1]
+    r = reset_where(tx, s, {"w": jnp.array([True, False, True])})
+    np.testing.assert_array_equal(r[0].mu["w"] == 0, [True, False, True])
+    np.testing.assert_array_equal(r[0].nu["w"] == 0, [True, False, True])
+    assert int(r[0].count) == int(s[0].count)  # non-param state untouched
+
+
+def test_pruning_without_reset_moments_keeps_them_and_seed_changes_the_key():
+    p = {"k": jnp.arange(1.0, 9.0).reshape(2, 4)}
+    flip = lambda params, grads, masks, sparsity, step, key: jax.tree.map(lambda m: ~m, masks)  # noqa: E731
+    for reset in (True, False):
+        tx = pruning(optax.adam(0.1), update_masks=flip, schedule=constant(0.5, every=2, begin=1),
+                     reset_moments=reset)
+        s = tx.init(p)
+        for _ in range(2):
+            u, s = tx.update({"k": jnp.ones((2, 4))}, s, optax.apply_updates(p, u) if _ else p)
+        mu = np.asarray(s.inner[0].mu["k"])
+        assert bool((mu == 0).all()) is reset  # step 1 flipped every mask entry
+    k0 = pruning(optax.sgd(0.1)).init(p).key
+    assert not np.array_equal(k0, pruning(optax.sgd(0.1), seed=1).init(p).key)
