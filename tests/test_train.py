@@ -335,6 +335,13 @@ def test_iterative_rounds_and_updates():
     (lambda: iterative(0.2, 0, 10), "schedule: rounds must be an integer >= 1, got 0"),
     (lambda: iterative(0.2, 2, 0), "schedule: steps_per_round must be an integer >= 1, got 0"),
     (lambda: constant(0.5, begin=4, end=2), "schedule: end (2) precedes begin (4)"),
+    (lambda: polynomial(0.0, 0.5, 0, -1), "schedule: end must be an integer >= 0, got -1"),
+    (lambda: iterative(1.5, 2, 10), "iterative: rate: sparsity must be in [0, 1], got 1.5"),
+    (lambda: polynomial(-0.5, 0.5, 0, 4), "polynomial: s_init: sparsity must be in [0, 1], got -0.5"),
+    (lambda: polynomial(0.0, 2.0, 0, 4), "polynomial: s_final: sparsity must be in [0, 1], got 2.0"),
+    (lambda: never(1.5), "never: sparsity: sparsity must be in [0, 1], got 1.5"),
+    (lambda: constant(-1.0), "constant: sparsity: sparsity must be in [0, 1], got -1.0"),
+    (lambda: one_shot(1.2), "one_shot: sparsity: sparsity must be in [0, 1], got 1.2"),
 ])
 def test_schedule_argument_errors(call, message):
     with pytest.raises(jp.PruningError) as e:
