@@ -464,3 +464,11 @@ def test_pruning_without_reset_moments_keeps_them_and_seed_changes_the_key():
         assert bool((mu == 0).all()) is reset  # step 1 flipped every mask entry
     k0 = pruning(optax.sgd(0.1)).init(p).key
     assert not np.array_equal(k0, pruning(optax.sgd(0.1), seed=1).init(p).key)
+
+
+def test_set_target_without_pruning_state_and_snapshot_counter_is_int32():
+    p = {"w": jnp.ones(2)}
+    assert _msg(lambda: set_target(optax.sgd(0.1).init(p), 0.5)) == \
+        "set_target: the optimizer state holds no PruningState"
+    # An int32 step counter: a float32 one would stop counting exactly after 2**24 updates.
+    assert snapshot(optax.sgd(1.0), step=3).init(p)[1].count.dtype == jnp.int32
