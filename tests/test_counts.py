@@ -80,3 +80,12 @@ def test_concrete_sparsity_of_any_real_dtype():
     for bad in (1j, np.complex64(0.5), True, np.array([0.5])):
         with pytest.raises(PruningError, match="sparsity"):
             num_pruned(bad, 10)
+
+
+def test_check_sparsity_value_skips_traced_values():
+    from jaxprune.counts import check_sparsity_value
+
+    out = jax.jit(lambda s: (check_sparsity_value(s, "target"), s)[1])(jnp.float32(1.5))
+    assert float(out) == 1.5  # cannot be checked before compute: num_pruned clips it instead
+    with pytest.raises(PruningError, match=r"^target: sparsity must be in \[0, 1\], got 1.5"):
+        check_sparsity_value(1.5, "target")
