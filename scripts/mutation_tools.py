@@ -52,6 +52,9 @@ def score(module: str, results: str, equiv_file: str, sample_file: str, left_fil
         m = re.match(r"\s*(\S+__mutmut_\d+): (.+)$", row)
         if m and (not chosen or m.group(1) in chosen):
             status[m.group(1)] = m.group(2).strip()
+    # An interrupted run leaves some mutants unchecked: they are reported, not scored.
+    unchecked = sum(s == "not checked" for s in status.values())
+    status = {n: s for n, s in status.items() if s != "not checked"}
     equivalent = _equivalent(equiv_file)
     killed = sum(s in KILLED for s in status.values())
     eq = sum(1 for n, s in status.items() if n in equivalent and s not in KILLED)
@@ -60,6 +63,8 @@ def score(module: str, results: str, equiv_file: str, sample_file: str, left_fil
         f.writelines(f"{n}\t{status[n]}\n" for n in left)
     pct = 100.0 * killed / max(len(status) - eq, 1)
     what = f"sample of {len(status)}" if chosen else "all"
+    if unchecked:
+        what += f"; {unchecked} not checked"
     print(f"{module:<11}{len(status):>8}{killed:>8}{eq:>12}{len(left):>10}{pct:>8.1f}%  ({what})")
 
 

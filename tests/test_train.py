@@ -472,3 +472,16 @@ def test_set_target_without_pruning_state_and_snapshot_counter_is_int32():
         "set_target: the optimizer state holds no PruningState"
     # An int32 step counter: a float32 one would stop counting exactly after 2**24 updates.
     assert snapshot(optax.sgd(1.0), step=3).init(p)[1].count.dtype == jnp.int32
+
+
+def test_init_masks_draws_from_a_key_of_the_seed():
+    p = {"k": jnp.zeros((8, 8))}
+
+    def init(params, key):
+        return {"k": jax.random.uniform(key, (8, 8)) > 0.5}
+
+    def masks(seed):
+        return np.asarray(get_masks(pruning(optax.sgd(0.1), init_masks=init, seed=seed).init(p))["k"])
+
+    np.testing.assert_array_equal(masks(0), masks(0))
+    assert not np.array_equal(masks(0), masks(1))
