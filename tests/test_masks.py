@@ -74,6 +74,6 @@ def test_summary_counts_table_and_dict_exactly():
     ]
     d = s.to_dict()
     assert sorted(d) == ["leaves", "prunable", "total"]
-    assert d["leaves"][1] == {"path": "d/kernel", "shape": [2, 2], "dtype": "float32", "size": 4, "nonzero": 2,
-                              "sparsity": 0.5, "bytes": 16, "prunable": True}
+    assert d["leaves"][1] == {"path": "d/kernel", "shape": [2, 2], "dtype": "float32", "size": 4,
+                              "nonzero": 2, "sparsity": 0.5, "bytes": 16, "prunable": True}
     assert d["total"] == {"size": 7, "nonzero": 3, "sparsity": 1 - 3 / 7, "bytes": 24}

@@ -35,7 +35,8 @@ def test_nm_axis_mapping_is_used_for_the_listed_leaf_only():
 
 
 def test_nm_cannot_infer_a_rank_3_axis_and_says_how_to_give_it():
-    with pytest.raises(PruningError, match=r"axis=jaxprune\.wiring\.reduction_axes\(fn, params, \*example_args\)"):
+    hint = r"axis=jaxprune\.wiring\.reduction_axes\(fn, params, \*example_args\)"
+    with pytest.raises(PruningError, match=hint):
         NM(2, 4).axis_of("attn/kernel", (8, 2, 4))
 
 

@@ -312,7 +312,8 @@ def test_polynomial_power_every_end_and_hparams():
                                [0.2, 0.2, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6], atol=1e-6)
     assert _upd(lin, range(8)) == [False, False, True, False, False, True, True, False]  # end always
     hp = dict(lin.init_hparams(), end=jnp.int32(2))  # end == begin (set_target): s_f right after begin
-    assert float(lin.sparsity(3, hp)) == pytest.approx(0.6) and float(lin.sparsity(1, hp)) == pytest.approx(0.2)
+    assert float(lin.sparsity(3, hp)) == pytest.approx(0.6)
+    assert float(lin.sparsity(1, hp)) == pytest.approx(0.2)
     with pytest.raises(jp.PruningError, match=r"^polynomial schedule: power must be > 0, got 0"):
         polynomial(0.0, 0.5, 0, 4, power=0)
     with pytest.raises(jp.PruningError, match=r"^polynomial schedule: end \(3\) must come after begin \(3\)"):
@@ -350,8 +351,8 @@ def test_schedule_argument_errors(call, message):
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"speed": 1}, "set_target: unknown schedule hyperparameter 'speed'; known: sparsity, initial, begin, end, "
-                   "every, rounds"),
+    ({"speed": 1}, "set_target: unknown schedule hyperparameter 'speed'; known: sparsity, initial, begin, "
+                   "end, every, rounds"),
     ({"sparsity": True}, "set_target: sparsity must be a real number, got True"),
     ({"sparsity": "x"}, "set_target: sparsity must be a real number, got 'x'"),
     ({"initial": np.array([0.5, 1.5])}, "set_target: initial must be in [0, 1], got [0.5, 1.5]"),
@@ -401,7 +402,8 @@ def test_transform_argument_and_state_errors_say_exactly_what_is_wrong():
     assert _msg(lambda: check_pruned_zero(p, plain)) == \
         "check_pruned_zero: the optimizer state holds no PruningState"
     bare = tx.init(p)._replace(hyperparams=None)
-    assert _msg(lambda: set_target(bare, 0.5)) == "set_target: this PruningState holds no schedule hyperparameters"
+    assert _msg(lambda: set_target(bare, 0.5)) == \
+        "set_target: this PruningState holds no schedule hyperparameters"
     one = pruning(optax.sgd(0.1), schedule=one_shot(0.5, at=2)).init(p)
     assert _msg(lambda: set_target(one, every=3)) == \
         "set_target: the schedule has no every (its hyperparameters: sparsity, begin)"
@@ -409,9 +411,11 @@ def test_transform_argument_and_state_errors_say_exactly_what_is_wrong():
         "set_target: sparsity of shape (3,) does not fit the state's shape ()"
     assert _msg(lambda: set_target(one, end=1)).startswith("set_target: the schedule has no end")
     assert _msg(lambda: snapshot(optax.sgd(1.0), step=-1)) == "snapshot: step must be an integer >= 0, got -1"
-    assert _msg(lambda: snapshot(optax.sgd(1.0), step=True)) == "snapshot: step must be an integer >= 0, got True"
+    assert _msg(lambda: snapshot(optax.sgd(1.0), step=True)) == \
+        "snapshot: step must be an integer >= 0, got True"
     st = snapshot(optax.sgd(1.0), step=0)
-    assert _msg(lambda: st.update(p, st.init(p))) == "snapshot: update needs params (the copy is of the params)"
+    assert _msg(lambda: st.update(p, st.init(p))) == \
+        "snapshot: update needs params (the copy is of the params)"
     assert _msg(lambda: get_snapshot(plain)) == "get_snapshot: opt_state holds no snapshot() state"
 
 
@@ -422,8 +426,8 @@ def test_set_target_replaces_values_in_place_and_checks_the_pair():
     hp = s2.hyperparams
     assert {k: (hp[k].dtype.name, hp[k].shape) for k in hp} == {k: (s.hyperparams[k].dtype.name, ())
                                                                 for k in s.hyperparams}
-    assert [float(hp["sparsity"]), float(hp["initial"]), int(hp["begin"]), int(hp["end"]), int(hp["every"])] == \
-        pytest.approx([0.8, 0.1, 4, 6, 2])
+    got = [float(hp[k]) for k in ("sparsity", "initial", "begin", "end", "every")]
+    assert got == pytest.approx([0.8, 0.1, 4, 6, 2])
     assert _msg(lambda: set_target(s, begin=11)) == "set_target: end (10) precedes begin (11)"
     traced = jax.jit(lambda v: set_target(s, v).hyperparams["sparsity"])(jnp.float32(1.5))
     assert float(traced) == 1.0  # a traced target cannot be checked: it is clipped
