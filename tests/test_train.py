@@ -489,3 +489,13 @@ def test_init_masks_draws_from_a_key_of_the_seed():
 
     np.testing.assert_array_equal(masks(0), masks(0))
     assert not np.array_equal(masks(0), masks(1))
+
+
+def test_init_masks_of_the_wrong_structure_is_named_and_bf16_updates_stay_bf16():
+    p = {"k": jnp.ones((2, 2), jnp.bfloat16)}
+    bad = pruning(optax.sgd(0.1), init_masks=lambda params, key: {"j": jnp.ones((2, 2), bool)})
+    assert _msg(lambda: bad.init(p)).startswith("init_masks(params, key) does not have the structure of params")
+    tx = masked(optax.sgd(0.1), {"k": jnp.array([[True, False], [False, True]])})
+    u, _ = tx.update(jax.tree.map(jnp.ones_like, p), tx.init(p), p)
+    assert u["k"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(optax.apply_updates(p, u)["k"] == 0, [[False, True], [True, False]])
