@@ -192,3 +192,19 @@ def test_duplicate_paths_rejected_by_allocation():
         jp.erk_sparsity(p, 0.5)
     with pytest.raises(jp.PruningError, match="same path 'a/kernel'"):
         jp.global_masks(p, 0.5)
+
+
+def test_check_budget_refuses_traced_inputs_naming_which():
+    p = {"a": {"kernel": np.zeros((10, 10))}, "b": {"kernel": np.zeros((30, 10))}}
+    s = jp.erk_sparsity(p, 0.8)
+    with pytest.raises(jp.PruningError, match="check_budget: target is traced"):
+        jax.jit(lambda t: jp.check_budget(p, s, t))(jnp.float32(0.8))
+    with pytest.raises(jp.PruningError, match="check_budget: sparsities are traced"):
+        jax.jit(lambda sp: jp.check_budget(p, sp, 0.8))(s)
+
+
+@pytest.mark.parametrize("rule", ["uniform_sparsity", "er_sparsity", "erk_sparsity"])
+def test_exclude_leaves_a_leaf_dense(rule):
+    p = {"a": {"kernel": np.zeros((8, 8))}, "b": {"kernel": np.zeros((16, 8))}}
+    s = getattr(jp, rule)(p, 0.5, exclude="b/kernel")
+    assert s["b"]["kernel"] == 0.0 and s["a"]["kernel"] == 0.5

@@ -55,3 +55,25 @@ def test_summary_counts_table_and_json():
 def test_dense_masks():
     m = jp.dense_masks(linen_params())
     assert all(x.dtype == jnp.bool_ and bool(x.all()) for x in jax.tree.leaves(m))
+
+
+def test_summary_counts_table_and_dict_exactly():
+    p = {"d": {"kernel": np.array([[0.0, 1.0], [2.0, 0.0]], np.float32), "bias": np.zeros((2,), np.float16)},
+         "s": np.float32(3.0)}
+    s = jp.summary(p)
+    assert [(r.path, r.dtype, r.nonzero, r.prunable) for r in s.leaves] == [
+        ("d/bias", "float16", 0, False), ("d/kernel", "float32", 2, True), ("s", "float32", 1, False)]
+    assert s.table().splitlines() == [
+        "leaf            shape  size  nonzero  sparsity  bytes",
+        "--------------  -----  ----  -------  --------  -----",
+        "d/bias (dense)  2         2        0   100.00%      4",
+        "d/kernel        2x2       4        2    50.00%     16",
+        "s (dense)       ()        1        1     0.00%      4",
+        "prunable                  4        2    50.00%     16",
+        "total                     7        3    57.14%     24",
+    ]
+    d = s.to_dict()
+    assert sorted(d) == ["leaves", "prunable", "total"]
+    assert d["leaves"][1] == {"path": "d/kernel", "shape": [2, 2], "dtype": "float32", "size": 4,
+                              "nonzero": 2, "sparsity": 0.5, "bytes": 16, "prunable": True}
+    assert d["total"] == {"size": 7, "nonzero": 3, "sparsity": 1 - 3 / 7, "bytes": 24}

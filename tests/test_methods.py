@@ -111,7 +111,11 @@ def test_every_method_runs_and_hits_exact_sparsity(tmp_path, method):
         assert r["sparsity"] == pytest.approx(0.8, abs=1e-3)
     else:
         assert r["sparsity"] == pytest.approx(0.8, abs=2 / sum(kernels))
-    assert 0.0 <= r["test_accuracy"] <= 1.0
+    # digits has 10 classes (chance 0.1). On this config (seed 0) the final accuracies measured
+    # 0.44 (one_shot, global_one_shot) .. 0.85 (imp) .. 0.89 (none); the dense phase 0.89.
+    assert r["test_accuracy"] > 0.3, r["test_accuracy"]
+    if r["dense_test_accuracy"] is not None:
+        assert r["dense_test_accuracy"] > 0.8, r["dense_test_accuracy"]
 
 
 def test_rigl_leaves_erk_dense_layers_dense_and_keeps_exact_sparsity(tmp_path):

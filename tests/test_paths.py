@@ -168,3 +168,31 @@ def test_one_key_path_reader_for_paths_and_neuron_layers():
     for accessor in ("value", "raw_value"):
         path = (jax.tree_util.DictKey("params"), jax.tree_util.DictKey("w"), jax.tree_util.GetAttrKey(accessor))
         assert path_str(path) == "params/w" and path_names(path) == ("w",)
+
+
+def test_map_with_path_passes_the_path_and_every_tree():
+    out = map_with_path(lambda p, x, y: f"{p}={x + y}", {"a": 1, "b": {"c": 2}}, {"a": 10, "b": {"c": 20}})
+    assert out == {"a": "a=11", "b": {"c": "b/c=22"}}
+
+
+def test_covers_default_and_predicate_selectors():
+    k, b = np.zeros((2, 2)), np.zeros(2)
+    assert covers(None, "params/Dense_0/kernel", k) and not covers(None, "params/Dense_0/bias", b)
+    assert covers(lambda p, x: p.endswith("bias"), "d/bias", b)
+    assert not covers(lambda p, x: False, "d/bias", b)
+
+
+def test_selector_type_errors_name_the_argument():
+    with pytest.raises(PruningError, match=r"^include: expected a glob"):
+        matches(3, "d/kernel", np.zeros((2, 2)))
+    with pytest.raises(PruningError, match=r"^exclude\[1\]: expected a glob"):
+        covers(["a", 3], "d/kernel")
+
+
+def test_structure_mismatch_message_lists_only_what_differs():
+    with pytest.raises(PruningError) as e:
+        check_same_structure({"a": np.zeros(1), "b": np.zeros(1)}, {"a": np.zeros(1)}, "scores")
+    assert str(e.value) == "scores does not have the structure of params: missing ['b']"
+    with pytest.raises(PruningError) as e:
+        check_same_structure({"a": np.zeros(1)}, {"a": np.zeros(1), "z": np.zeros(1)}, "masks")
+    assert str(e.value) == "masks does not have the structure of params: unexpected ['z']"

@@ -34,16 +34,28 @@ def test_pqat_keeps_pruned_weights_zero_and_int8_levels():
                   zip(jax.tree.leaves(before), jax.tree.leaves(out.params)))
     assert changed  # QAT really trained
     q = quantize(out.params, 8)
-    kernel = q["Dense_0"]["kernel"]
-    values = np.asarray(kernel.values)
-    for c in range(values.shape[-1]):
-        assert len(np.unique(values[:, c])) <= 256
-    assert 0.0 <= out.extra["quantized_test_accuracy"] <= 1.0 and out.extra["quantize_bits"] == 8
+    w = np.asarray(out.params["Dense_0"]["kernel"])
+    keep = np.asarray(out.masks["Dense_0"]["kernel"])
+    values, scale = np.asarray(q["Dense_0"]["kernel"].values), np.asarray(q["Dense_0"]["kernel"].scale)
+    # Symmetric per-output-channel int8: every column with a weight left spans the full +-127 range,
+    # pruned weights are the level 0, and each weight is within half a step of its level.
+    assert np.all(values[~keep] == 0)
+    assert np.all(np.abs(values * scale - w) <= 0.5 * scale + 1e-7)
+    live = keep.any(axis=0)
+    np.testing.assert_array_equal(np.abs(values).max(axis=0)[live], 127)
+    # int8 after PQAT costs (almost) no accuracy. Measured on this 1-epoch, 80 %-sparse digits MLP
+    # (10 classes, chance 0.1): 0.256 before QAT, 0.331 after, 0.337 quantized.
+    assert out.extra["quantize_bits"] == 8
+    assert out.extra["quantized_test_accuracy"] > 0.25, (out.extra, out.test_accuracy)
+    assert abs(out.extra["quantized_test_accuracy"] - out.test_accuracy) <= 0.02, out.extra
 
 
 def test_run_reports_quantized_accuracy_and_bytes(tmp_path):
     r = train_and_evaluate(_config("quantize=int4"), tmp_path)
-    assert r["quantize_bits"] == 4 and 0.0 <= r["quantized_test_accuracy"] <= 1.0
+    assert r["quantize_bits"] == 4
+    # int4 without QAT on digits (chance 0.1): measured 0.265 quantized, 0.256 in float.
+    assert r["quantized_test_accuracy"] > 0.2, (r["quantized_test_accuracy"], r["test_accuracy"])
+    assert abs(r["quantized_test_accuracy"] - r["test_accuracy"]) <= 0.05, r
     b = r["bytes"]
     assert {"dense_f32", "dense_int8", "bitmask", "csr", "coo", "gzip"} <= set(b)
     assert b["dense_f32"] == 4 * r["total_params"]

@@ -59,3 +59,26 @@ def test_register_new_scorer_is_usable():
         np.testing.assert_allclose(s["w"], [-1, -2])
     finally:
         del jp.SCORERS["neg"]
+
+
+def test_random_scores_are_float32_even_with_x64():
+    # A float64 score tree would double the memory of a large model's scores for no gain.
+    with jax.enable_x64(True):
+        s = jp.random_scores(jax.random.PRNGKey(0), {"w": np.zeros((3, 2), np.float64)})
+    assert s["w"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name, fn", [("saliency", jp.saliency_scores), ("movement", jp.movement_scores),
+                                      ("taylor", jp.taylor_scores)])
+def test_gradient_scorers_name_themselves_and_use_grads(name, fn):
+    p = {"w": jnp.array([[2.0, -1.0]])}
+    g = {"w": jnp.array([[0.5, 3.0]])}
+    with pytest.raises(jp.PruningError, match=rf"^{name}_scores needs gradients"):
+        fn(p, None)
+    np.testing.assert_array_equal(jp.compute_scores(name, p, grads=g)["w"], fn(p, g)["w"])
+
+
+def test_compute_scores_passes_the_key():
+    p = {"w": jnp.zeros((4, 4))}
+    k = jax.random.PRNGKey(3)
+    np.testing.assert_array_equal(jp.compute_scores("random", p, key=k)["w"], jp.random_scores(k, p)["w"])

@@ -244,7 +244,8 @@ def test_float64_scores_ranked_exactly():
 
 def test_mixed_dtypes_ranked_together_must_be_exact():
     sc = {"a": jnp.array([[16_777_217]], jnp.int32), "b": jnp.array([[16_777_216.0]])}
-    with pytest.raises(jp.PruningError, match="'a'.*int32.*'b'"):
+    with pytest.raises(jp.PruningError, match="'a'.*int32.*'b'.*cannot hold int32 exactly; cast the scores "
+                                              "to one dtype first$"):
         jp.global_masks(sc, 0.5, include=["a", "b"])
     ok = {"a": jnp.array([[3]], jnp.int16), "b": jnp.array([[2.5]], jnp.float32)}  # int16 fits float32
     m = jp.global_masks(ok, 0.5, include=["a", "b"])

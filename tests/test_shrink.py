@@ -79,6 +79,18 @@ def forward(model, variables, x):
     return jax.jit(lambda v, a: model.apply(v, a))(variables, x)
 
 
+def test_cases_cover_every_supported_architecture():
+    # Contract: every class jaxprune.shrink has a dependency plan for is checked by the CASES-driven
+    # tests below (shrunk == masked, shapes, counts); a newly registered architecture without a case
+    # fails here instead of going untested. And no case uses a class shrink does not support.
+    covered = {type(model) for model, _ in CASES.values()}
+    supported = set(jaxprune.shrink.plans.SUPPORTED)
+    assert not supported - covered, f"add a CASES entry for {sorted(c.__name__ for c in supported - covered)}"
+    assert covered <= supported, sorted(c.__name__ for c in covered - supported)
+    for model, _ in CASES.values():
+        assert plan_for(model).edges, type(model).__name__  # each case has units to remove
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_shrunk_model_equals_masked_model(name):
     model, shape = CASES[name]

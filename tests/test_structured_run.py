@@ -8,7 +8,8 @@ import pytest
 from jaxprune.cli import main
 from jaxprune.config import apply_overrides, load_config
 from jaxprune.errors import ConfigError
-from jaxprune.experiment import train_and_evaluate
+from jaxprune.experiment import METHODS, make_run, train_and_evaluate
+from jaxprune.harness import train_dense
 
 BASE = ["dataset=digits", "epochs=1", "finetune_epochs=0", "structure=neurons", "sparsity=0.5",
         "progress=False", "latency_batch=0", "calibration_batches=2"]
@@ -41,20 +42,35 @@ def test_shrunk_equals_masked_before_finetuning(tmp_path):
     assert masked["sparsity"] == shrunk["sparsity"] > 0
 
 
-def test_mean_replacement_changes_the_pruned_model(tmp_path):
-    plain = _run(tmp_path / "p", "criterion=l2", "shrink=true", "sparsity=0.75")
-    mr = _run(tmp_path / "m", "criterion=l2", "shrink=true", "sparsity=0.75", "mean_replacement=true")
-    assert plain["params_final"] == mr["params_final"]
-    assert mr["mean_replacement"] is True
-    # Same units removed; the folded bias changes the outputs (accuracy may move either way on 1 epoch).
-    assert plain["units_kept"] == mr["units_kept"]
+def test_mean_replacement_moves_the_shrunk_model_towards_the_dense_one():
+    # 64-128-10 MLP: the logits are linear in the hidden units, so removing units shifts them by
+    # r(x) = -sum_j h_j(x) W[j], and folding the units' mean activation into the output bias leaves
+    # r(x) - E[r]: a constant shift of every input's logits, and a smaller error against the dense
+    # model (on the calibration batches exactly by ||E[r]||^2; measured on the test split: 0.56x).
+    config = apply_overrides(load_config("experiments/configs/seed_mlp.py"),
+                             [*BASE, "criterion=l2", "shrink=true", "sparsity=0.75"])
+    run = make_run(config)
+    dense = train_dense(run)  # the same seeded training one_shot starts with
+    plain = METHODS["one_shot"](run)
+    mr = METHODS["one_shot"](make_run(apply_overrides(config, ["mean_replacement=true"])))
+    assert mr.extra["mean_replacement"] is True and plain.extra["units_kept"] == mr.extra["units_kept"]
+    x = run.test[0]
+    d = np.asarray(run.model.apply({"params": dense.params}, x))
+    p = np.asarray(plain.final_model.apply(plain.final_variables, x))
+    m = np.asarray(mr.final_model.apply(mr.final_variables, x))
+    shift = m - p
+    assert np.abs(shift).max() > 0.05  # measured 0.47
+    np.testing.assert_allclose(shift, np.broadcast_to(shift[:1], shift.shape), atol=1e-4)
+    err_plain, err_mr = np.mean((p - d) ** 2), np.mean((m - d) ** 2)
+    assert err_mr < 0.8 * err_plain, (err_mr, err_plain)
 
 
 def test_finetuned_shrunk_model_and_latency_fields(tmp_path):
     r = _run(tmp_path, "criterion=hoyer", "shrink=true", "finetune_epochs=1", "latency_batch=32")
     assert r["units_kept"] == {"Dense_0": 64}
     assert r["latency_dense_ms"] > 0 and r["latency_final_ms"] > 0 and r["latency_batch"] == 32
-    assert 0.0 <= r["test_accuracy"] <= 1.0
+    # digits, 10 classes (chance 0.1): measured 0.79 dense, 0.65 shrunk, 0.82 after fine-tuning.
+    assert r["test_accuracy"] > 0.6, r["test_accuracy"]
 
 
 @pytest.mark.parametrize("overrides, match", [

@@ -133,7 +133,7 @@ def pruning(
             check_same_structure(params, initial_masks, "initial_masks")
             masks = jax.tree.map(lambda m: jnp.asarray(m, bool), initial_masks)
         elif init_masks is not None:
-            masks = init_masks(params, jax.random.fold_in(key, -1))
+            masks = init_masks(params, jax.random.fold_in(key, 0xFFFFFFFF))  # -1 as uint32: no step uses it
             check_same_structure(params, masks, "init_masks(params, key)")
         else:
             masks = dense_masks(params)
