@@ -71,7 +71,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from jaxprune.errors import DataError
-    from jaxprune.sweep.report import best_strategy, write_report
+    from jaxprune.sweep.best import best_strategy
+    from jaxprune.sweep.report import write_report
 
     if not os.path.isdir(args.dir):
         raise DataError(f"report: {args.dir!r} is not a directory")

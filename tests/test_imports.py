@@ -28,6 +28,7 @@ LAZY: dict[tuple[str, str], str] = {
     ("jaxprune.cli", "jaxprune.harness.results"): "the CLI parses arguments before importing jax",
     ("jaxprune.cli", "jaxprune.hostmem"): "the CLI parses arguments before importing jax",
     ("jaxprune.cli", "jaxprune.sweep.report"): "`report` needs neither jax nor matplotlib up front",
+    ("jaxprune.cli", "jaxprune.sweep.best"): "`report --best`: loaded with the report, not at CLI start-up",
     ("jaxprune.cli", "jaxprune.sweep.runner"): "the CLI parses arguments before importing jax",
     ("jaxprune.cli", "jaxprune.sweep.spec"): "the CLI parses arguments before importing jax",
     ("jaxprune.demo", "jaxprune.cli"): "`python -m jaxprune.demo` parses its arguments before jax loads",

@@ -6,7 +6,8 @@ run; resumable, shardable), ``report`` turns the results into a table, plots and
 See docs/sweeps.md.
 """
 
-from jaxprune.sweep.report import Best, Report, best_strategy, load_results, markdown_table, summarize, \
+from jaxprune.sweep.best import Best, best_strategy
+from jaxprune.sweep.report import Report, load_results, markdown_table, summarize, \
     write_report
 from jaxprune.sweep.runner import SweepOutcome, parse_shard, read_records, run_sweep
 from jaxprune.sweep.spec import Axis, Sweep, cases, expand, expand_all, load_sweep, product, run_key, zip_

@@ -17,7 +17,10 @@ import math
 import os
 from typing import Any, Iterable, NamedTuple, Sequence
 
-from jaxprune.errors import ConfigError, DataError
+from jaxprune.errors import DataError
+from jaxprune.sweep.best import (ACCURACY, GROUP_FIRST, PERPLEXITY, Best, Quality, as_number,
+                                 best_strategy, group_fields, is_dense, label_fields, quality_of,
+                                 row_quality, strategy_label)
 from jaxprune.sweep.runner import read_records
 
 __all__ = ["load_results", "summarize", "markdown_table", "write_report", "best_strategy", "Best",
@@ -29,33 +32,8 @@ METRICS = ("test_accuracy", "dense_test_accuracy", "pruned_test_accuracy", "spar
            "mean_relative_layer_error", "prune_seconds")
 """Result fields summarised per group (plus every numeric entry of a ``bytes`` dict, as ``bytes.NAME``)."""
 
-_GROUP_FIRST = ("model", "method", "target_sparsity")
-_DENSE_METHOD = "none"
 REPLICATE_FIELDS = ("seed", "calibration_seed")
 """Config fields that replicate a run (averaged over), rather than define a strategy (grouped by)."""
-
-
-class Quality(NamedTuple):
-    """The result field a run is judged by, its dense counterpart, and which way is better."""
-
-    metric: str
-    dense: str
-    higher_is_better: bool
-    axis_label: str
-    scale: float  # for display: fractions as percent
-
-
-ACCURACY = Quality("test_accuracy", "dense_test_accuracy", True, "test accuracy (%)", 100.0)
-PERPLEXITY = Quality("val_perplexity", "dense_val_perplexity", False, "validation perplexity", 1.0)
-
-
-def quality_of(result: dict) -> Quality:
-    """:data:`PERPLEXITY` for language-model results (``kind='lm'``), else :data:`ACCURACY`.
-
-    >>> quality_of({'kind': 'lm'}).metric, quality_of({'kind': 'nn'}).metric
-    ('val_perplexity', 'test_accuracy')
-    """
-    return PERPLEXITY if result.get("kind") == "lm" else ACCURACY
 
 
 def load_results(workdir: str | os.PathLike) -> list[dict]:
@@ -85,21 +63,15 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _number(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return float(v)
-
-
 def _finite_quality(result: dict) -> bool:
-    v = _number(result.get(quality_of(result).metric))
+    v = as_number(result.get(quality_of(result).metric))
     return v is not None and math.isfinite(v)
 
 
 def _metrics(result: dict) -> dict[str, float]:
     out = {}
     for name in METRICS:
-        v = _number(result.get(name))
+        v = as_number(result.get(name))
         if v is not None:
             out[name] = v
     if "nonzero_fraction" not in out and out.get("total_params"):
@@ -107,7 +79,7 @@ def _metrics(result: dict) -> dict[str, float]:
             out["nonzero_fraction"] = out["nonzero_params"] / out["total_params"]
     if isinstance(result.get("bytes"), dict):
         for k, v in sorted(result["bytes"].items()):
-            if _number(v) is not None:
+            if as_number(v) is not None:
                 out[f"bytes.{k}"] = float(v)
     return out
 
@@ -134,7 +106,7 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 
 def _sort_key(v: Any) -> tuple:
-    n = _number(v)
+    n = as_number(v)
     return (0, n, "") if n is not None else (1, 0.0, str(v))
 
 
@@ -156,7 +128,7 @@ def summarize(records: Iterable[dict]) -> list[dict]:
     keys = sorted({k for f in flat for k in f})
     varying = [k for k in keys
                if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
-    extra = [k for k in varying if k not in _GROUP_FIRST and k != "sparsity"]
+    extra = [k for k in varying if k not in GROUP_FIRST and k != "sparsity"]
     groups: dict[str, list[int]] = {}
     for i, f in enumerate(flat):
         groups.setdefault(json.dumps(f, sort_keys=True, default=str), []).append(i)
@@ -168,7 +140,7 @@ def summarize(records: Iterable[dict]) -> list[dict]:
                                "method": cfg.get("method", res.get("method", ""))}
         for k in extra:
             row[k] = cfg.get(k)
-        row["target_sparsity"] = _number(res.get("target_sparsity", cfg.get("sparsity")))
+        row["target_sparsity"] = as_number(res.get("target_sparsity", cfg.get("sparsity")))
         # A record without a finite quality (missing, a string, NaN) is flagged and left out of
         # every mean, so that n is what the means are over and such a run is never "best".
         quality = quality_of(res)
@@ -194,24 +166,6 @@ def summarize(records: Iterable[dict]) -> list[dict]:
 def _metric_order(name: str) -> tuple:
     base = name.split(".")[0]
     return (METRICS.index(base) if base in METRICS else len(METRICS), name)
-
-
-def _group_fields(rows: Sequence[dict]) -> list[str]:
-    return [k for k in rows[0] if k not in ("n", "quality") and not k.endswith(("_mean", "_std"))]
-
-
-def _label_fields(rows: Sequence[dict]) -> list[str]:
-    """Group fields (besides model, method, sparsity) that differ among the pruned rows."""
-    pruned = [r for r in rows if not _is_dense(r)] or list(rows)
-    return [k for k in _group_fields(rows) if k not in _GROUP_FIRST
-            and len({json.dumps(r.get(k), default=str) for r in pruned}) > 1]
-
-
-def _label(row: dict, fields: Sequence[str]) -> str:
-    """The strategy a row belongs to: its method and the ``fields`` from :func:`_label_fields`."""
-    if row.get("method") == _DENSE_METHOD:
-        return f"{_DENSE_METHOD} (dense)"
-    return " ".join([str(row.get("method")), *(f"{k}={row.get(k)}" for k in fields)])
 
 
 def _columns(rows: Sequence[dict]) -> list[str]:
@@ -259,7 +213,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
     """
     if not rows:
         raise DataError("markdown_table: no rows")
-    fields = _group_fields(rows)
+    fields = group_fields(rows)
     metrics = [(m, h, s) for m, h, s in _MD_METRICS if any(f"{m}_mean" in r for r in rows)]
     head = [*fields, "n", *(h for _, h, _ in metrics)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -279,150 +233,6 @@ def markdown_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-class Best(NamedTuple):
-    """The most compressed strategy of one model within the allowed loss of quality from dense.
-
-    For accuracy (``quality.metric == 'test_accuracy'``) the allowance is ``max_drop`` percentage
-    points and ``dense_accuracy`` is a fraction, as in result.json; for perplexity it is
-    ``max_increase`` percent and ``dense_accuracy`` holds the dense perplexity.
-    """
-
-    model: str
-    max_drop: float
-    dense_accuracy: float | None  # the dense reference of `quality.metric`
-    dense_source: str
-    row: dict | None  # the chosen summary row, None when none qualifies
-    closest: dict | None  # when none qualifies: the best pruned row
-    label: str = ""
-    quality: Quality = ACCURACY
-
-    def _value(self, v: float) -> str:
-        if self.quality.higher_is_better:
-            return f"{100 * v:.2f} %"
-        return f"{v:.3f}"
-
-    def _change(self, v: float) -> str:
-        if self.quality.higher_is_better:
-            return f"{100 * (v - self.dense_accuracy):+.2f} pp"
-        return f"{100 * (v / self.dense_accuracy - 1):+.1f} %"
-
-    def line(self) -> str:
-        """One human-readable line."""
-        q = self.quality
-        name = "test accuracy" if q.higher_is_better else "val perplexity"
-        allowed = f"{self.max_drop:g} pp" if q.higher_is_better else f"+{self.max_drop:g} % perplexity"
-        if self.dense_accuracy is None:
-            return (f"best for {self.model}: no dense reference (no method '{_DENSE_METHOD}' runs, no "
-                    f"sparsity-0 runs, no {q.dense}), so the allowance cannot be applied")
-        ref = f"dense {self._value(self.dense_accuracy)} ({self.dense_source})"
-        if self.row is None:
-            text = f"best for {self.model}: no pruned configuration stays within {allowed} of {ref}"
-            if self.closest is not None:
-                c = self.closest
-                v = c[f"{q.metric}_mean"]
-                text += (f"; the best pruned one is {c['_label']} at sparsity {c['target_sparsity']:g} "
-                         f"({self._value(v)}, {self._change(v)})")
-            return text
-        r = self.row
-        frac = _nonzero_fraction(r)
-        v = r[f"{q.metric}_mean"]
-        std = r.get(f"{q.metric}_std", math.nan)
-        spread = "" if math.isnan(std) else (f" ± {100 * std:.2f}" if q.higher_is_better else f" ± {std:.3f}")
-        value = self._value(v)
-        value = value[:-2] + spread + " %" if q.higher_is_better else value + spread
-        return (f"best for {self.model} within {allowed} of {ref}: {self.label} at sparsity "
-                f"{r['target_sparsity']:g} -> {100 * frac:.2f} % of weights remain "
-                f"({1 / frac:.1f}x compression), {name} {value} ({self._change(v)}, n={r['n']})")
-
-
-def _nonzero_fraction(row: dict) -> float:
-    if row.get("nonzero_fraction_mean") is not None:
-        return row["nonzero_fraction_mean"]
-    if row.get("sparsity_mean") is not None:
-        return 1.0 - row["sparsity_mean"]
-    return 1.0 - (row.get("target_sparsity") or 0.0)
-
-
-def _is_dense(row: dict) -> bool:
-    return row.get("method") == _DENSE_METHOD or row.get("target_sparsity") == 0.0
-
-
-def _row_quality(row: dict) -> Quality:
-    return PERPLEXITY if row.get("quality") == PERPLEXITY.metric else ACCURACY
-
-
-def _dense_reference(rows: list[dict], q: Quality) -> tuple[float | None, str]:
-    pick = max if q.higher_is_better else min
-    none = [r[f"{q.metric}_mean"] for r in rows if r.get("method") == _DENSE_METHOD]
-    if none:
-        return pick(none), f"method '{_DENSE_METHOD}'"
-    zero = [r[f"{q.metric}_mean"] for r in rows if r.get("target_sparsity") == 0.0]
-    if zero:
-        return pick(zero), "sparsity-0 runs"
-    reported = [r[f"{q.dense}_mean"] for r in rows if _number(r.get(f"{q.dense}_mean")) is not None]
-    if reported:
-        return pick(reported), f"{'max' if q.higher_is_better else 'min'} {q.dense} reported by the runs"
-    return None, ""
-
-
-def best_strategy(rows: Sequence[dict], max_drop: float = 1.0, max_increase: float = 5.0) -> list[Best]:
-    """Per model, the group with the lowest nonzero fraction whose quality stays within the allowance
-    (ties: better quality). Accuracy rows: mean accuracy at least dense minus ``max_drop`` percentage
-    points. Perplexity rows (``kind='lm'``): mean perplexity at most dense times ``1 + max_increase/100``.
-    Dense = the method ``'none'`` group, else sparsity-0 groups, else the best mean dense value the
-    runs report (``dense_test_accuracy`` / ``dense_val_perplexity``).
-
-    >>> rows = [{'model': 'm', 'method': 'none', 'target_sparsity': 0.0, 'n': 2,
-    ...          'test_accuracy_mean': 0.90, 'nonzero_fraction_mean': 1.0},
-    ...         {'model': 'm', 'method': 'one_shot', 'target_sparsity': 0.5, 'n': 2,
-    ...          'test_accuracy_mean': 0.895, 'nonzero_fraction_mean': 0.5},
-    ...         {'model': 'm', 'method': 'one_shot', 'target_sparsity': 0.9, 'n': 2,
-    ...          'test_accuracy_mean': 0.85, 'nonzero_fraction_mean': 0.1}]
-    >>> b = best_strategy(rows, max_drop=1.0)[0]
-    >>> b.row['target_sparsity'], b.label
-    (0.5, 'one_shot')
-    """
-    for name, v in (("max_drop", max_drop), ("max_increase", max_increase)):
-        if _number(v) is None or not math.isfinite(v) or v < 0:
-            raise ConfigError(f"{name} must be a finite number >= 0 (percentage points / percent), "
-                              f"got {v!r}")
-    rows = list(rows)
-    if not rows:
-        raise DataError("best_strategy: no rows (call summarize(load_results(DIR)) first)")
-    for i, r in enumerate(rows):
-        if not isinstance(r, dict) or "model" not in r or f"{_row_quality(r).metric}_mean" not in r:
-            raise DataError(f"best_strategy: rows[{i}] has no 'model' / '{_row_quality(r).metric}_mean' "
-                            f"(rows come from summarize())")
-    # Rows whose runs were all flagged (no finite quality) cannot be chosen or be the reference.
-    rows = [r for r in rows if _number(r[f"{_row_quality(r).metric}_mean"]) is not None
-            and math.isfinite(r[f"{_row_quality(r).metric}_mean"])]
-    fields = _label_fields(rows) if rows else []
-    out = []
-    for model in sorted({r["model"] for r in rows}, key=str):
-        mine = [r for r in rows if r["model"] == model]
-        q = _row_quality(mine[0])
-        allowance = float(max_drop if q.higher_is_better else max_increase)
-        metric = f"{q.metric}_mean"
-        better = (lambda r: -r[metric]) if q.higher_is_better else (lambda r: r[metric])
-        dense, source = _dense_reference(mine, q)
-        pruned = [{**r, "_label": _label(r, fields)} for r in mine if not _is_dense(r)]
-        if dense is None:
-            out.append(Best(model, allowance, None, "", None, None, quality=q))
-            continue
-        if q.higher_is_better:
-            ok = [r for r in pruned if r[metric] >= dense - max_drop / 100 - 1e-12]
-        else:
-            ok = [r for r in pruned if r[metric] <= dense * (1 + max_increase / 100) + 1e-12]
-        if not ok:
-            closest = min(pruned, key=better) if pruned else None
-            out.append(Best(model, allowance, dense, source, None, closest, quality=q))
-            continue
-        best = min(ok, key=lambda r: (_nonzero_fraction(r), better(r), r["_label"]))
-        label = best.pop("_label")
-        out.append(Best(model, allowance, dense, source, best, None, label, q))
-    return out
-
-
 class Report(NamedTuple):
     """What :func:`write_report` wrote."""
 
@@ -437,12 +247,12 @@ def _plot(rows: list[dict], path: str, xkey: str, xlabel: str, *, log_x: bool, r
           x_scale: float = 1.0) -> None:
     from matplotlib.figure import Figure
 
-    fields = _label_fields(rows)
+    fields = label_fields(rows)
     models = sorted({r["model"] for r in rows}, key=str)
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     lines: dict[str, list[tuple[float, float, float]]] = {}
-    q = _row_quality(rows[0]) if rows else ACCURACY
+    q = row_quality(rows[0]) if rows else ACCURACY
     for r in rows:
         y = r.get(f"{q.metric}_mean")
         x = r.get(f"{xkey}_mean", r.get(xkey) if xkey == "target_sparsity" else None)
@@ -452,8 +262,8 @@ def _plot(rows: list[dict], path: str, xkey: str, xlabel: str, *, log_x: bool, r
         if log_x and x <= 0:
             continue
         std = r.get(f"{q.metric}_std", math.nan)
-        label = _label(r, fields) + (f" [{r['model']}]" if len(models) > 1 else "")
-        if _is_dense(r):
+        label = strategy_label(r, fields) + (f" [{r['model']}]" if len(models) > 1 else "")
+        if is_dense(r):
             ax.axhline(q.scale * y, linestyle="--", linewidth=1, color="gray")
         lines.setdefault(label, []).append((x, q.scale * y, 0.0 if math.isnan(std) else q.scale * std))
     for label, pts in sorted(lines.items()):
@@ -513,7 +323,7 @@ def write_report(workdir: str | os.PathLike, *, log_x: bool = False) -> Report:
     with open(md_path, "w") as f:
         f.write(f"# Sweep report: {workdir}\n\n{len(records)} runs, {len(rows)} groups (mean ± std over "
                 f"seeds, std with ddof=1){planned}. Every metric: `summary.csv`.\n\n{table}\n")
-    what = "accuracy" if _row_quality(rows[0]).higher_is_better else "perplexity"
+    what = "accuracy" if row_quality(rows[0]).higher_is_better else "perplexity"
     plots = [os.path.join(workdir, f"{what}_vs_sparsity.png"),
              os.path.join(workdir, f"{what}_vs_nonzeros.png")]
     _plot(rows, plots[0], "sparsity" if any("sparsity_mean" in r for r in rows) else "target_sparsity",
