@@ -193,6 +193,7 @@ def test_nnx_mlp_trains_end_to_end():
 # the 8x8 example images; the same keywords build the linen model and its nnx twin.
 SMALL = {"resnet20": {"blocks_per_stage": 1},  # still one projection shortcut per stage change
          "resnet18": {"stage_channels": (8, 16), "blocks_per_stage": 1},
+         "resnet18_w16": {"blocks_per_stage": 1},  # its own 16-32-64-128 widths
          "mobilenet_v2": {"blocks": ((1, 8, 1, 1), (6, 8, 2, 2)), "stem_channels": 8, "last_channels": 16},
          "vit": {"patch": 4, "width": 16, "depth": 1, "num_heads": 2, "mlp_dim": 16}}
 

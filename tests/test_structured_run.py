@@ -9,7 +9,8 @@ from jaxprune.cli import main
 from jaxprune.config import apply_overrides, load_config
 from jaxprune.errors import ConfigError
 from jaxprune.experiment import METHODS, make_run, train_and_evaluate
-from jaxprune.harness import train_dense
+from jaxprune.harness import train_dense, unwrap
+from jaxprune.models.common import train_kwargs
 
 BASE = ["dataset=digits", "epochs=1", "finetune_epochs=0", "structure=neurons", "sparsity=0.5",
         "progress=False", "latency_batch=0", "calibration_batches=2"]
@@ -143,6 +144,38 @@ def test_vit_loses_whole_heads(tmp_path, traced_models):
     # A head's softmax sees only its own q.k: removing it equals zeroing it.
     assert masked["units_kept"] == {k: 1 for k in shrunk["units_kept"]}
     assert shrunk["flops_final"] < shrunk["flops_dense"]
+
+
+def test_random_criterion_is_seeded_and_not_the_weight_norm(traced_models):
+    """`criterion=random`: the baseline. Same seed, same scores; another seed or l2 gives others."""
+    from jaxprune.methods.structured import unit_scores
+    from jaxprune.methods.traced import traced_keep
+
+    def run_for(*overrides, model="experiments/configs/seed_mlp.py"):
+        return make_run(apply_overrides(load_config(model), [*BASE, *overrides]))
+
+    run = run_for("criterion=random")
+    state = train_dense(run)
+    s0, _ = unit_scores(run, state.params, state.model_state, "random", ("Dense_0",))
+    again, _ = unit_scores(run, state.params, state.model_state, "random", ("Dense_0",))
+    l2, _ = unit_scores(run, state.params, state.model_state, "l2", ("Dense_0",))
+    other = run_for("criterion=random", "seed=1")
+    s1, _ = unit_scores(other, state.params, state.model_state, "random", ("Dense_0",))
+    assert s0["Dense_0"].shape == (128,) and np.array_equal(s0["Dense_0"], again["Dense_0"])
+    assert not np.array_equal(np.argsort(s0["Dense_0"]), np.argsort(s1["Dense_0"]))
+    assert not np.array_equal(np.argsort(s0["Dense_0"]), np.argsort(np.asarray(l2["Dense_0"])))
+    # The traced path (a model without a plan): scores per group, seeded the same way.
+    run = run_for("criterion=random", "model=tiny_resnet18")
+    state = train_dense(run)
+    example = run.train[0][:1]
+    base, kwargs = unwrap(run.model), train_kwargs(unwrap(run.model))
+    plan, _ = traced_keep(run, base, state.params, state.model_state, example, kwargs)
+    plan2, _ = traced_keep(run, base, state.params, state.model_state, example, kwargs)
+    with run.config.unlocked():
+        run.config.criterion = "l2"
+    norm, _ = traced_keep(run, base, state.params, state.model_state, example, kwargs)
+    assert plan.scores and all(np.array_equal(plan.scores[g], plan2.scores[g]) for g in plan.scores)
+    assert any(not np.array_equal(plan.keep[g], norm.keep[g]) for g in plan.keep)
 
 
 def test_heads_needs_one_shot(tmp_path):

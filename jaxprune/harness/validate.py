@@ -81,8 +81,8 @@ def validate_stages(config: Any) -> None:
     jaxprune.errors.ConfigError: config field 'quantize' must be one of ['int4', 'int8', 'none'], got 'int3'
     """
     g = config.get
-    if g("criterion", "none") not in ("none", *CRITERIA):
-        raise ConfigError(f"config field 'criterion' must be one of {['none', *sorted(CRITERIA)]}, "
+    if g("criterion", "none") not in ("none", "random", *CRITERIA):
+        raise ConfigError(f"config field 'criterion' must be one of {['none', 'random', *sorted(CRITERIA)]}, "
                           f"got {g('criterion')!r}")
     if g("mean_replacement", False) and not g("shrink", False):
         raise ConfigError("config field 'mean_replacement' needs shrink=true (the removed units' mean "

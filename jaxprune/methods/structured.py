@@ -5,8 +5,9 @@
 1. train dense for ``epochs``;
 2. score every *hidden* unit (the output layer's units are the classes and are never pruned) with
    ``criterion`` — ``entropy``, ``apoz``, ``hoyer``, ``stability``, ``variance`` from activation
-   statistics over ``calibration_batches`` training batches, or ``l1``, ``l2``, ``taylor`` from the
-   weights (``criterion=none`` means ``l2``, the filter-norm baseline of Li et al. 2017);
+   statistics over ``calibration_batches`` training batches, ``l1``, ``l2``, ``taylor`` from the
+   weights (``criterion=none`` means ``l2``, the filter-norm baseline of Li et al. 2017), or
+   ``random`` (uniform scores from ``seed``: the baseline a criterion must beat);
 3. remove ``round_half_even(sparsity * units)`` units of each prunable layer (never all of them);
 4. ``shrink=true``: rebuild a smaller model (:func:`jaxprune.shrink.shrink`), optionally folding the
    removed units' mean activation into the next layer's bias (``mean_replacement=true``, Mean
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import numpy as np
 import optax
 
 from jaxprune.errors import ConfigError
@@ -32,10 +35,11 @@ from jaxprune.harness import (MethodOutput, Run, accuracy, finetune_learning_rat
                               score_gradients, train, train_dense, unwrap)
 from jaxprune.masks import apply_masks, summary
 from jaxprune.models.common import train_kwargs
-from jaxprune.methods.traced import calibration_inputs, traced_keep, traced_masks
+from jaxprune.methods.traced import RANDOM_SCORE_SEED, calibration_inputs, traced_keep, traced_masks
 from jaxprune.neurons import CRITERIA, collect_activation_stats, get_criterion
 from jaxprune.models.registry import registered_plan
 from jaxprune.shrink import plan_for, removal_masks, shrink, unit_masks_from_scores
+from jaxprune.shrink.plans import layer_params
 from jaxprune.structure import apply_plan
 
 __all__ = ["structured_one_shot", "unit_scores", "STRUCTURED"]
@@ -50,15 +54,18 @@ def unit_scores(run: Run, params: Any, model_state: Any, criterion: str,
     Example (inside a run): ``unit_scores(run, params, {}, 'apoz', ('Dense_0', 'Dense_1'))``.
     """
     name = "l2" if criterion == "none" else criterion
+    if name == "random":  # the baseline every criterion must beat: uniform scores, seeded by `seed`
+        key = jax.random.PRNGKey(int(run.config.seed) + RANDOM_SCORE_SEED)
+        stats = _stats(run, params, model_state) if run.config.mean_replacement else None
+        return {k: np.asarray(jax.random.uniform(jax.random.fold_in(key, i), (_units(params, k),)))
+                for i, k in enumerate(layers)}, stats
     if name not in CRITERIA:
-        raise ConfigError(f"config field 'criterion' must be one of {['none', *sorted(CRITERIA)]}, "
+        raise ConfigError(f"config field 'criterion' must be one of {['none', 'random', *sorted(CRITERIA)]}, "
                           f"got {criterion!r}")
     inputs = CRITERIA[name].inputs
     stats = None
     if "stats" in inputs or run.config.mean_replacement:
-        variables = {"params": params, **model_state}
-        base = unwrap(run.model)
-        stats = collect_activation_stats(base, variables, calibration_inputs(run), **train_kwargs(base))
+        stats = _stats(run, params, model_state)
     given: dict[str, Any] = {}
     if "stats" in inputs:
         given["stats"] = stats
@@ -72,6 +79,19 @@ def unit_scores(run: Run, params: Any, model_state: Any, criterion: str,
     if missing:
         raise ConfigError(f"criterion {name!r} gave no scores for prunable layers {missing}")
     return {k: scores[k] for k in layers}, stats
+
+
+def _stats(run: Run, params: Any, model_state: Any) -> dict:
+    base = unwrap(run.model)
+    return collect_activation_stats(base, {"params": params, **model_state}, calibration_inputs(run),
+                                    **train_kwargs(base))
+
+
+def _units(params: Any, layer: str) -> int:
+    kernel = (layer_params(params, layer, missing_ok=True) or {}).get("kernel")
+    if kernel is None or np.ndim(kernel) < 1:
+        raise ConfigError(f"criterion='random': prunable layer {layer!r} has no 'kernel' leaf in params")
+    return int(np.shape(kernel)[-1])
 
 
 def structured_one_shot(run: Run) -> MethodOutput:

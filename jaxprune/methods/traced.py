@@ -37,12 +37,16 @@ from jaxprune.structure import Graph, StructuredPlan, group_scores, select_units
 from jaxprune.structure.api import attention_dims
 from jaxprune.structure.importance import activation_group_scores, producer_layers
 
-__all__ = ["UNIT_KINDS", "calibration_inputs", "run_groups", "group_names", "traced_keep",
+__all__ = ["UNIT_KINDS", "RANDOM_SCORE_SEED", "calibration_inputs", "run_groups", "group_names", "traced_keep",
            "unit_masks_to_groups", "traced_masks"]
 
 UNIT_KINDS = {"neurons": ("features", "residual"), "channels": ("features", "residual"),
               "heads": ("heads",)}
 """Which group kinds of the traced graph each run ``structure`` prunes."""
+
+RANDOM_SCORE_SEED = 20_011
+"""``criterion=random`` draws its unit scores from ``PRNGKey(seed + RANDOM_SCORE_SEED)``: the same
+units for the same seed, independent of the keys that initialise and shuffle."""
 
 
 def calibration_inputs(run: Run) -> list:
@@ -93,6 +97,9 @@ def _scores(run: Run, graph: Graph, ids: tuple[int, ...], params: Any, model_sta
             criterion: str, base: Any, kwargs: Mapping[str, Any]) -> dict[int, np.ndarray]:
     name = "l2" if criterion == "none" else criterion
     chosen = Graph(tuple(g for g in graph.groups if g.id in ids), graph.shapes)
+    if name == "random":
+        key = jax.random.PRNGKey(int(run.config.seed) + RANDOM_SCORE_SEED)
+        return group_scores(chosen, {"params": params}, "random", key=key)
     if name in ("l1", "l2", "taylor"):
         grads = None
         if name == "taylor":
@@ -101,7 +108,7 @@ def _scores(run: Run, graph: Graph, ids: tuple[int, ...], params: Any, model_sta
         return group_scores(chosen, {"params": params}, name, grads=grads,
                             include=lambda p: p.startswith("params/"))
     if name not in CRITERIA:
-        raise ConfigError(f"config field 'criterion' must be one of {['none', *sorted(CRITERIA)]}, "
+        raise ConfigError(f"config field 'criterion' must be one of {['none', 'random', *sorted(CRITERIA)]}, "
                           f"got {criterion!r}")
     layers = sorted({layer for g in chosen.groups for layer in producer_layers(g)})
     stats = collect_activation_stats(base, {"params": params, **model_state}, calibration_inputs(run),
