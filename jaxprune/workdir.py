@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-from typing import Type
+from typing import Any, Iterator, Type
 
-__all__ = ["ensure_writable_dir"]
+__all__ = ["ensure_writable_dir", "checkpoint_lock"]
 
 
 def ensure_writable_dir(path: str | os.PathLike, what: str, error: Type[Exception]) -> str:
@@ -34,3 +36,29 @@ def ensure_writable_dir(path: str | os.PathLike, what: str, error: Type[Exceptio
         raise error(f"{what} {path!r} is not a writable directory: "
                     f"{getattr(err, 'strerror', None) or err}") from err
     return path
+
+
+@contextlib.contextmanager
+def checkpoint_lock(ckdir: str, log: Any = None) -> Iterator[None]:
+    """Holds an exclusive ``flock`` on ``<ckdir>.lock`` (blocking), so that processes sharing one
+    checkpoint (sweep shards started together, runs sharing a ``dense_cache_dir``) train it once:
+    the others wait, then restore it.
+
+    >>> import tempfile, os
+    >>> d = os.path.join(tempfile.mkdtemp(), 'dense')
+    >>> with checkpoint_lock(d):
+    ...     os.path.exists(d + '.lock')
+    True
+    """
+    os.makedirs(os.path.dirname(ckdir) or ".", exist_ok=True)
+    fd = os.open(ckdir + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log is not None:
+                log(f"waiting for another process to finish the checkpoint {ckdir}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -180,3 +180,29 @@ def test_registries_are_complete():
     for name in MODELS:
         model = get_model(name, 10)
         assert hasattr(model, "apply") and hasattr(model, "init"), name
+
+
+# ------------------------------------------------------------------ dense_cache_dir
+def test_dense_cache_gives_the_same_runs_and_trains_once(tmp_path, capfd):
+    base = ["dataset=digits", "epochs=1", "finetune_epochs=1", "structure=neurons", "criterion=l2",
+            "progress=False", "latency_batch=0", "calibration_batches=2", "model=tutorial_mlp"]
+    cfg = lambda *o: apply_overrides(load_config("experiments/configs/seed_mlp.py"), [*base, *o])  # noqa: E731
+    cache = f"dense_cache_dir={tmp_path / 'cache'}"
+    plain = train_and_evaluate(cfg("sparsity=0.75"), tmp_path / "plain")
+    capfd.readouterr()
+    first = train_and_evaluate(cfg(cache, "sparsity=0.5"), tmp_path / "a")
+    assert "restored" not in capfd.readouterr().err
+    again = train_and_evaluate(cfg(cache, "sparsity=0.75", "criterion=entropy"), tmp_path / "b")
+    assert "phase 0 (dense): finished; restored" in capfd.readouterr().err
+    cached = train_and_evaluate(cfg(cache, "sparsity=0.75"), tmp_path / "c")
+    entries = [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")]
+    assert len(entries) == 1 and entries[0].startswith("dense-")
+    # Bit for bit the run that trained its own dense phase: every phase's digest, every figure.
+    same = {k: v for k, v in plain.items() if k != "wall_s"}
+    assert {k: cached[k] for k in same} == same
+    assert first["dense_test_accuracy"] == again["dense_test_accuracy"] == plain["dense_test_accuracy"]
+    assert again["criterion"] == "entropy" and again["units_kept"] == plain["units_kept"]
+    # A field the dense phase reads makes a new entry.
+    other = train_and_evaluate(cfg(cache, "sparsity=0.75", "learning_rate=0.01"), tmp_path / "d")
+    assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")]) == 2
+    assert other["dense_test_accuracy"] != plain["dense_test_accuracy"]

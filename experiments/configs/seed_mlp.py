@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.pai_rounds = 100  # SynFlow iterations
     config.grasp_temperature = 200.0  # GraSP: logits / T before the Hessian (the authors' T = 200)
     # Neuron/channel pruning (structure=neurons|channels): see docs/shrink.md.
-    config.criterion = "none"  # entropy | apoz | hoyer | stability | variance | l1 | l2 | taylor
+    config.criterion = "none"  # entropy | apoz | hoyer | stability | variance | l1 | l2 | taylor | random
     config.calibration_batches = 10  # batches of training data for activation statistics
     config.shrink = False  # physically remove the pruned units (smaller model, fewer FLOPs)
     config.mean_replacement = False  # fold removed units' mean activation into the next bias
@@ -50,5 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Scale-out and preemption: see docs/scale.md.
     config.mesh = ""  # e.g. 'data:4' (data-parallel over 4 devices); '' = default device
     config.checkpoint_every = 0  # steps between checkpoints in workdir/checkpoints (0 = off)
+    # Runs with the same dense phase (a sweep over sparsity/criterion) train it once here (docs/sweeps.md).
+    config.dense_cache_dir = ml_collections.FieldReference(None, field_type=str)
     config.progress = True
     return config

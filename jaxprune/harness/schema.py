@@ -136,6 +136,8 @@ FIELDS: dict[str, FieldSpec] = {
     "precision": F(str, "f32", "run", "f32 | bf16 | f16 compute"),
     "mesh": F(str, "", "run", "e.g. 'data:4'; '' = default device"),
     "checkpoint_every": F(int, 0, "run", "steps between checkpoints (0 = off)", low=0),
+    "dense_cache_dir": F(str, None, "run", "directory where runs with the same dense phase share it "
+                         "(None: each run trains its own; docs/sweeps.md)", optional=True),
     "progress": F(bool, True, "run", "show progress bars"),
 }
 del F

@@ -4,10 +4,14 @@ the method's code is the same)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxprune import data as jdata
@@ -16,10 +20,14 @@ from jaxprune.masks import apply_masks, summary
 from jaxprune.recipes import parse_structure, select_masks
 from jaxprune.scores import compute_scores, get_scorer, magnitude_scores
 from jaxprune.train import TrainState, create_train_state, evaluate, masked
+from jaxprune.harness.schema import FIELDS
+from jaxprune.train.checkpoint import tree_sha256
+from jaxprune.train.context import current_run
 from jaxprune.train.loop import call_model
+from jaxprune.workdir import checkpoint_lock
 from jaxprune.wiring import output_kernels
 
-__all__ = ["accuracy", "train", "train_dense", "finetune_masked", "masked_train", "finetune_learning_rate",
+__all__ = ["accuracy", "train", "train_dense", "dense_cache_key", "DENSE_INDEPENDENT", "finetune_masked", "masked_train", "finetune_learning_rate",
            "score_gradients", "prune", "steps_per_epoch", "run_structure"]
 
 
@@ -62,11 +70,53 @@ def train(run: Any, tx: optax.GradientTransformation, desc: str, *, variables: O
 def train_dense(run: Any) -> TrainState:
     """Dense Adam training for ``epochs`` from the run's initialisation (the ``dense`` phase).
 
+    With ``dense_cache_dir`` set, the phase is saved under ``dense_cache_dir/<dense_cache_key(run)>``
+    and a later run with the same key (same data, model, init and training fields; any sparsity,
+    criterion, method step after it) restores it bit for bit instead of training.
+
     >>> from jaxprune.harness import toy_run
     >>> int(train_dense(toy_run()).step)
     4
     """
-    return train(run, optax.adam(run.config.learning_rate), "dense")
+    tx = optax.adam(run.config.learning_rate)
+    cache = run.config.get("dense_cache_dir")
+    if not cache or run.trainer.grouped:  # a vmapped group trains its dense phases together anyway
+        return train(run, tx, "dense")
+    directory = os.path.join(os.path.abspath(cache), dense_cache_key(run))
+    log = current_run().log if current_run() is not None else None
+    with checkpoint_lock(directory, log):  # one process trains, the others wait and restore
+        state = create_train_state(run.variables, tx)
+        return run.trainer.fit(run, state, tx, epochs=run.config.epochs, desc="dense",
+                               checkpoint_dir=directory)
+
+
+DENSE_INDEPENDENT = ("progress", "checkpoint_every", "dense_cache_dir", "latency_batch")
+"""Config fields that never change the dense phase (besides the prune/finetune/quantize stages)."""
+
+
+def dense_cache_key(run: Any) -> str:
+    """The ``dense_cache_dir`` entry of a run's dense phase: a sha256 over every config field the
+    dense phase may read (all but those of the prune, finetune, quantize and result stages and
+    :data:`DENSE_INDEPENDENT`; unknown fields count), the initial variables and the training data.
+
+    >>> from jaxprune.harness import toy_run
+    >>> a = dense_cache_key(toy_run(sparsity=0.5))
+    >>> a == dense_cache_key(toy_run(sparsity=0.9, criterion='l2', finetune_epochs=3))
+    True
+    >>> a == dense_cache_key(toy_run(learning_rate=0.01)), a == dense_cache_key(toy_run(seed=1))
+    (False, False)
+    """
+    after = ("prune", "finetune", "quantize", "result")
+    config = run.config.to_dict() if hasattr(run.config, "to_dict") else dict(run.config)
+    fields = {k: v for k, v in config.items()
+              if k not in DENSE_INDEPENDENT and (k not in FIELDS or FIELDS[k].stage not in after)}
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True, default=repr).encode())
+    h.update(str(tree_sha256(run.variables)).encode())
+    for a in run.train:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return "dense-" + h.hexdigest()[:20]
 
 
 def finetune_learning_rate(config: Any) -> float:

@@ -53,11 +53,14 @@ class SequentialTrainer:
 
     def fit(self, run: Any, state: TrainState, tx: optax.GradientTransformation, *, epochs: int,
             first_epoch: int = 0, seed: Optional[int] = None, desc: str = "train",
-            loss_transform: Optional[Callable[[Any], Any]] = None) -> TrainState:
+            loss_transform: Optional[Callable[[Any], Any]] = None,
+            checkpoint_dir: Optional[str] = None) -> TrainState:
+        """``checkpoint_dir``: this phase's checkpoints there instead of the run's (a shared cache)."""
         c = run.config
         state, _ = fit(run.model, state, tx, *run.train, epochs=epochs, batch_size=c.batch_size,
                        seed=c.seed if seed is None else seed, first_epoch=first_epoch, desc=desc,
-                       progress=c.get("progress", True), loss_transform=loss_transform)
+                       progress=c.get("progress", True), loss_transform=loss_transform,
+                       checkpoint_dir=checkpoint_dir)
         return state
 
 

@@ -13,8 +13,6 @@ pruning a different model. A sweep points every run at one shared directory, so 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import math
 import os
@@ -33,6 +31,7 @@ from jaxprune.harness.schema import FieldSpec
 from jaxprune.lm.driver import METHODS, prune_lm
 from jaxprune.models import MODELS, get_model
 from jaxprune.results_schema import SCHEMA_VERSION
+from jaxprune.workdir import checkpoint_lock
 
 __all__ = ["LM_FIELDS", "TRAIN_FIELDS", "validate_lm_config", "parse_lm_structure", "lm_loss",
            "train_gpt", "evaluate_lm", "generate", "checkpoint_lock", "dense_gpt", "run_lm"]
@@ -221,31 +220,6 @@ def evaluate_lm(model: Any, params: Any, windows: np.ndarray, batch: int = 64) -
 def _checkpoint_dir(config: Any, workdir: str) -> str:
     d = _get(config, "checkpoint_dir") or "dense"
     return os.path.abspath(d if os.path.isabs(d) else os.path.join(workdir, d))
-
-
-@contextlib.contextmanager
-def checkpoint_lock(ckdir: str, log: Any = None):
-    """Holds an exclusive ``flock`` on ``<ckdir>.lock`` (blocking), so that processes sharing one dense
-    checkpoint (sweep shards started together) train it once: the others wait, then restore it.
-
-    >>> import tempfile, os
-    >>> d = os.path.join(tempfile.mkdtemp(), 'dense')
-    >>> with checkpoint_lock(d):
-    ...     os.path.exists(d + '.lock')
-    True
-    """
-    os.makedirs(os.path.dirname(ckdir) or ".", exist_ok=True)
-    fd = os.open(ckdir + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if log is not None:
-                log(f"waiting for another process to finish the checkpoint {ckdir}")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 def dense_gpt(config: Any, corpus: Any, workdir: str) -> tuple[Any, Any, dict]:
