@@ -28,7 +28,7 @@ from jaxprune.sweep.spec import config_dict, run_key
 
 __all__ = ["parse_shard", "shard_indices", "results_path", "read_records", "finished_keys",
            "repair_tail", "append_record", "hold_lock", "resolve_auto_dataset", "enable_compilation_cache",
-           "run_sweep", "SweepOutcome"]
+           "run_sweep", "SweepOutcome", "with_cache_dir"]
 
 
 
@@ -277,6 +277,22 @@ def _groups(configs: list, vmap: bool, note: Callable[[str], None]) -> list[list
     return groups
 
 
+def with_cache_dir(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+    """``config`` with a relative ``dense_cache_dir`` resolved against the sweep's ``workdir`` (so
+    every shard of a sweep shares one cache wherever it was started); the record keeps it as written.
+
+    >>> c = ml_collections.ConfigDict({'dense_cache_dir': 'dense'})
+    >>> with_cache_dir(c, '/runs/s').dense_cache_dir
+    '/runs/s/dense'
+    """
+    d = config.get("dense_cache_dir")
+    if not d or os.path.isabs(d):
+        return config
+    out = ml_collections.ConfigDict(config.to_dict())
+    out.dense_cache_dir = os.path.join(os.path.abspath(workdir), d)
+    return out
+
+
 def _run_group(configs: list, workdirs: list[str]) -> list[dict]:
     if len(configs) == 1:
         from jaxprune.experiment import train_and_evaluate
@@ -390,7 +406,7 @@ def _run_locked(configs: list, keys: list[str], workdir: str, shard: tuple[int, 
     try:
         for group in _groups([configs[i] for i in todo], vmap, note):
             idx = [todo[g] for g in group]
-            results = _run_group([configs[i] for i in idx],
+            results = _run_group([with_cache_dir(configs[i], workdir) for i in idx],
                                  [os.path.join(workdir, "runs", keys[i]) for i in idx])
             for i, result in zip(idx, results):
                 append_record(path, {"key": keys[i], "config": config_dict(configs[i]), "result": result})

@@ -32,8 +32,9 @@ from jaxprune.errors import ConfigError
 __all__ = ["Axis", "Sweep", "product", "zip_", "cases", "expand", "expand_all", "load_sweep",
            "config_dict", "run_key", "KEY_EXCLUDED"]
 
-KEY_EXCLUDED = ("progress",)
-"""Config fields that do not change a run's result and are left out of its key."""
+KEY_EXCLUDED = ("progress", "dense_cache_dir")
+"""Config fields that do not change a run's result and are left out of its key (and its record): a
+run restored from the dense cache is bit for bit the run that trained its own."""
 
 
 @dataclasses.dataclass(frozen=True)
