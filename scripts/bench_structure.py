@@ -5,14 +5,15 @@ Prints one JSON line:
 * ``trace``: seconds to trace + group a flax ResNet-50 (bottleneck v1.5, 224x224x3, 1000 classes,
   written below) and the zoo ViT (28x28x1), with the number of groups found and how many are
   prunable (best of ``--trace-repeats``, after one warm-up trace).
-* ``models``: for each zoo model (ResNet-18, MobileNetV2, ViT; 28x28x1, 10 classes) with 50 % of every
-  prunable group's units removed (``jaxprune.prune_structured``, L2): the time of that call, the XLA
-  FLOPs ratio dense / shrunk, and the latency ratio at each ``--batch`` (dense and shrunk timed in
-  alternating rounds, medians), also with the shrunk convs under
-  ``jaxprune.shrink.fastconv.fast_convs``.
+* ``models``: for each zoo model (ResNet-18, MobileNetV2, ViT, the 784-128-10 MLP, LeNet-300-100;
+  28x28x1, 10 classes) and each ``--round-to`` (1, 8, 16) with 50 % of every prunable group's units
+  removed (``jaxprune.prune_structured``, L2): the time of that call, the XLA FLOPs ratio dense /
+  shrunk, and the latency ratio at each ``--batch`` (dense and shrunk timed in alternating rounds,
+  medians), also with the shrunk convs under ``jaxprune.shrink.fastconv.fast_convs``;
+  ``flops_over_latency`` is the FLOPs ratio over the better latency ratio (goal: <= 1.3).
 
 Usage: python scripts/bench_structure.py [--batch 64 256] [--rounds 3] [--repeats 10]
-       [--models resnet18 mobilenet vit] [--trace-only]
+       [--models resnet18 mobilenet vit mlp_784_128 lenet300] [--round-to 1 8 16] [--trace-only]
 """
 
 import argparse
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxprune.errors import JaxpruneError
+from jaxprune.models import MLP
 from jaxprune.models.mobilenet import MobileNetV2
 from jaxprune.models.resnet18 import ResNet18
 from jaxprune.models.vit import ViT
@@ -81,20 +83,21 @@ def trace_seconds(model, shape, repeats):
             "prunable": sum(g.prunable for g in graph.groups)}
 
 
-ZOO = {"resnet18": lambda: ResNet18(10), "mobilenet": lambda: MobileNetV2(10), "vit": lambda: ViT(10)}
+ZOO = {"resnet18": lambda: ResNet18(10), "mobilenet": lambda: MobileNetV2(10), "vit": lambda: ViT(10),
+       "mlp_784_128": lambda: MLP((128, 10)), "lenet300": lambda: MLP((300, 100, 10))}
 
 
-def model_case(name, batches, rounds, repeats):
+def model_case(name, batches, rounds, repeats, round_to=None):
     model = ZOO[name]()
     x = jnp.zeros((1, *SHAPE))
     v = jax.jit(model.init)(jax.random.PRNGKey(0), x)
     t = time.perf_counter()
     try:
-        small, sv = prune_structured(model, v, x, 0.5)
+        small, sv = prune_structured(model, v, x, 0.5, round_to=round_to)
     except JaxpruneError as err:  # report it and go on with the other models
-        return {"model": name, "error": str(err)[:300]}
+        return {"model": name, "round_to": round_to, "error": str(err)[:300]}
     prune_s = time.perf_counter() - t
-    row = {"model": name, "prune_seconds": round(prune_s, 3),
+    row = {"model": name, "round_to": round_to or 1, "prune_seconds": round(prune_s, 3),
            "flops_ratio": round(flops(model, v, SHAPE) / flops(small, sv, SHAPE), 3)}
     for batch in batches:
         times = {"dense": [], "shrunk": [], "shrunk_fast": []}
@@ -104,10 +107,13 @@ def model_case(name, batches, rounds, repeats):
             with fast_convs():
                 times["shrunk_fast"].append(latency_ms(small, sv, SHAPE, batch, repeats))
         ms = {k: statistics.median(ts) for k, ts in times.items()}
+        best = max(ms["dense"] / ms["shrunk"], ms["dense"] / ms["shrunk_fast"])
         row[f"batch_{batch}"] = {"dense_ms": round(ms["dense"], 2), "shrunk_ms": round(ms["shrunk"], 2),
                                  "shrunk_fastconv_ms": round(ms["shrunk_fast"], 2),
                                  "latency_ratio": round(ms["dense"] / ms["shrunk"], 3),
-                                 "latency_ratio_fastconv": round(ms["dense"] / ms["shrunk_fast"], 3)}
+                                 "latency_ratio_fastconv": round(ms["dense"] / ms["shrunk_fast"], 3),
+                                 # the goal: within 1.3x of the FLOPs ratio (issue 17)
+                                 "flops_over_latency": round(row["flops_ratio"] / best, 3)}
     return row
 
 
@@ -118,12 +124,15 @@ def main():
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--trace-repeats", type=int, default=3)
     ap.add_argument("--models", nargs="+", default=sorted(ZOO), choices=sorted(ZOO))
+    ap.add_argument("--round-to", type=int, nargs="+", default=[1, 8, 16],
+                    help="round_to values (1: none); every model runs once per value")
     ap.add_argument("--trace-only", action="store_true")
     args = ap.parse_args()
     out = {"trace": {"resnet50_224": trace_seconds(ResNet50(), (224, 224, 3), args.trace_repeats),
                      "vit_28": trace_seconds(ViT(10), SHAPE, args.trace_repeats)}}
     if not args.trace_only:
-        out["models"] = [model_case(m, args.batch, args.rounds, args.repeats) for m in args.models]
+        out["models"] = [model_case(m, args.batch, args.rounds, args.repeats, None if r == 1 else r)
+                         for m in args.models for r in args.round_to]
     print(json.dumps(out))
 
 
