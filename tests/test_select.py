@@ -328,3 +328,14 @@ def test_duplicate_paths_are_an_error_naming_both():
                lambda: jp.topk_masks(sc, {"a": {"b": 0.5}, "a/b": 0.5})):
         with pytest.raises(jp.PruningError, match="'a/b'.*\\['a'\\]\\['b'\\].*\\['a/b'\\]"):
             fn()
+
+
+def test_one_element_and_empty_leaves_are_ranked_like_any_other():
+    """A 1-element leaf is pruned when its count says so (round(0.9 * 1) = 1) and kept when not; two
+    1-element leaves with different targets (stacked into one selection) each get their own count;
+    an empty leaf gives an empty mask."""
+    one = jnp.array([3.0])
+    m = jp.topk_masks({"a": one, "b": jnp.zeros((0,)), "c": jnp.array([1.0, 2.0]), "d": jnp.array([2.0])},
+                      {"a": 0.9, "b": 0.5, "c": 0.5, "d": 0.4})
+    assert m["a"].tolist() == [False] and m["d"].tolist() == [True]
+    assert m["b"].shape == (0,) and m["b"].dtype == jnp.bool_ and m["c"].tolist() == [False, True]
