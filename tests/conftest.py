@@ -8,9 +8,15 @@
   (``1 - decay**count``, a float to an int32 power) and flax's ``nn.avg_pool`` (float / int) raise
   under it, so every test that trains with Adam or pools would fail inside those libraries.
 * Hypothesis runs a bounded number of examples without deadlines (JIT compile times vary on 2 cores).
+* Files run slowest first (:data:`DURATIONS`, seconds per file from an earlier run), so that under
+  ``pytest-xdist --dist loadfile --no-loadscope-reorder`` (``scripts/test``) no long file starts last
+  on one worker while the other idles (longest-processing-time-first scheduling). Within a file the
+  order is unchanged. ``JAXPRUNE_RECORD_DURATIONS=PATH`` writes this run's per-file seconds to PATH.
 """
 
+import json
 import os
+from pathlib import Path
 
 
 import jax  # noqa: E402
@@ -38,6 +44,42 @@ def _strict_dtypes_for_the_core(request):
             yield
     else:
         yield
+
+
+DURATIONS = Path(__file__).with_name("durations.json")
+"""``{test file: seconds}`` (setup + call + teardown of its tests), written by a run with
+``JAXPRUNE_RECORD_DURATIONS=tests/durations.json``; a file it does not list counts as its median."""
+
+
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        seconds = json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        return
+    if not seconds:
+        return
+    median = sorted(seconds.values())[len(seconds) // 2]
+    items.sort(key=lambda item: -seconds.get(_file_of(item.nodeid), median))  # stable: files stay whole
+
+
+_recorded: dict = {}
+
+
+def pytest_runtest_logreport(report):
+    if os.environ.get("JAXPRUNE_RECORD_DURATIONS"):
+        f = _file_of(report.nodeid)
+        _recorded[f] = _recorded.get(f, 0.0) + float(report.duration)
+
+
+def pytest_sessionfinish(session):
+    path = os.environ.get("JAXPRUNE_RECORD_DURATIONS")
+    if path and _recorded and not hasattr(session.config, "workerinput"):  # the controller only
+        Path(path).write_text(json.dumps({k: round(v, 1) for k, v in sorted(_recorded.items())},
+                                         indent=0) + "\n")
 
 
 @pytest.fixture

@@ -222,3 +222,14 @@ def test_a_failing_block_fails(tmp_path):
     bad_doctest = Block(tmp_path / "x.md", 3, ">>> 1 + 1\n3\n", None)
     with pytest.raises(AssertionError, match="1 example"):
         _run_block(bad_doctest, {})
+
+
+def test_the_test_durations_name_existing_files():
+    """tests/durations.json (the slowest-first order of scripts/test, tests/conftest.py) lists test
+    files that exist, with positive seconds; refresh it with JAXPRUNE_RECORD_DURATIONS after renames."""
+    import json
+
+    seconds = json.loads((ROOT / "tests" / "durations.json").read_text())
+    assert seconds and all(v > 0 for v in seconds.values())
+    missing = [f for f in seconds if not (ROOT / f).is_file()]
+    assert not missing, missing
