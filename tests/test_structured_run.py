@@ -16,8 +16,21 @@ BASE = ["dataset=digits", "epochs=1", "finetune_epochs=0", "structure=neurons", 
         "progress=False", "latency_batch=0", "calibration_batches=2"]
 
 
+_CACHE: list = []  # the module's dense cache directory (set by _dense_cache)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _dense_cache(tmp_path_factory):
+    """Runs of this module that differ only after the dense phase (masked vs shrunk, criteria) share
+    it through ``dense_cache_dir``: bit for bit the same runs (tests/test_harness.py checks that),
+    one dense training and one compile fewer each."""
+    _CACHE[:] = [str(tmp_path_factory.mktemp("dense_cache"))]
+    yield
+    _CACHE.clear()
+
+
 def _run(tmp_path, *overrides, model="experiments/configs/seed_mlp.py"):
-    config = apply_overrides(load_config(model), [*BASE, *overrides])
+    config = apply_overrides(load_config(model), [*BASE, f"dense_cache_dir={_CACHE[0]}", *overrides])
     return train_and_evaluate(config, tmp_path)
 
 
