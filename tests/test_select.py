@@ -339,3 +339,20 @@ def test_one_element_and_empty_leaves_are_ranked_like_any_other():
                       {"a": 0.9, "b": 0.5, "c": 0.5, "d": 0.4})
     assert m["a"].tolist() == [False] and m["d"].tolist() == [True]
     assert m["b"].shape == (0,) and m["b"].dtype == jnp.bool_ and m["c"].tolist() == [False, True]
+
+
+def test_float64_nan_scores_are_reported_as_nan_not_as_lossy():
+    """A float64 numpy leaf with NaN (x64 off) is NaN scores, not "values 32 bits cannot hold"."""
+    with pytest.raises(jp.PruningError, match="scores leaf 'a' contains NaN"):
+        jp.topk_masks({"a": np.array([1.0, np.nan])}, {"a": 0.5})
+
+
+def test_a_sparsities_leaf_must_be_a_scalar():
+    with pytest.raises(jp.PruningError, match=r"sparsities leaf 'a' must be a scalar, got shape \(2,\)"):
+        jp.topk_masks({"a": jnp.ones(4)}, {"a": jnp.array([0.5, 0.5])})
+
+
+def test_prune_lowest_over_three_arrays_splits_back_in_order():
+    a, b, c = jnp.array([3.0, 1.0]), jnp.array([0.5]), jnp.array([2.0, 0.1, 5.0])
+    masks = sel.prune_lowest([a, b, c], 3)  # removes 0.1, 0.5, 1.0
+    assert [m.tolist() for m in masks] == [[True, False], [False], [True, False, True]]
