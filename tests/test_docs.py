@@ -226,10 +226,10 @@ def test_a_failing_block_fails(tmp_path):
 
 def test_the_test_durations_name_existing_files():
     """tests/durations.json (the slowest-first order of scripts/test, tests/conftest.py) lists test
-    files that exist, with positive seconds; refresh it with JAXPRUNE_RECORD_DURATIONS after renames."""
+    files that exist, with seconds >= 0; refresh it with JAXPRUNE_RECORD_DURATIONS after renames."""
     import json
 
     seconds = json.loads((ROOT / "tests" / "durations.json").read_text())
-    assert seconds and all(v > 0 for v in seconds.values())
+    assert seconds and all(v >= 0 for v in seconds.values())
     missing = [f for f in seconds if not (ROOT / f).is_file()]
     assert not missing, missing
