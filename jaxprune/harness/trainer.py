@@ -34,7 +34,10 @@ __all__ = ["Trainer", "SequentialTrainer", "GroupTrainer", "GroupDiverged", "run
 
 
 class Trainer(Protocol):
-    """``fit(run, state, tx, *, epochs, first_epoch, seed, desc, loss_transform) -> TrainState``."""
+    """``fit(run, state, tx, *, epochs, first_epoch, seed, desc, loss_transform) -> TrainState``.
+
+    A trainer that also takes ``checkpoint_dir=`` (:class:`SequentialTrainer`) serves runs with
+    ``dense_cache_dir``; a grouped one is never asked to (``train_dense`` trains groups uncached)."""
 
     def fit(self, run: Any, state: TrainState, tx: optax.GradientTransformation, *, epochs: int,
             first_epoch: int = 0, seed: Optional[int] = None, desc: str = "train",

@@ -279,7 +279,8 @@ def _groups(configs: list, vmap: bool, note: Callable[[str], None]) -> list[list
 
 def with_cache_dir(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
     """``config`` with a relative ``dense_cache_dir`` resolved against the sweep's ``workdir`` (so
-    every shard of a sweep shares one cache wherever it was started); the record keeps it as written.
+    every shard of a sweep shares one cache wherever it was started); run keys and records leave the
+    field out (:data:`jaxprune.sweep.spec.KEY_EXCLUDED`).
 
     >>> c = ml_collections.ConfigDict({'dense_cache_dir': 'dense'})
     >>> with_cache_dir(c, '/runs/s').dense_cache_dir
