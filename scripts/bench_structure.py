@@ -19,6 +19,7 @@ Usage: python scripts/bench_structure.py [--batch 64 256] [--rounds 3] [--repeat
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import jax
@@ -131,8 +132,13 @@ def main():
     out = {"trace": {"resnet50_224": trace_seconds(ResNet50(), (224, 224, 3), args.trace_repeats),
                      "vit_28": trace_seconds(ViT(10), SHAPE, args.trace_repeats)}}
     if not args.trace_only:
-        out["models"] = [model_case(m, args.batch, args.rounds, args.repeats, None if r == 1 else r)
-                         for m in args.models for r in args.round_to]
+        out["models"] = []
+        for m in args.models:
+            for r in args.round_to:
+                out["models"].append(model_case(m, args.batch, args.rounds, args.repeats,
+                                                None if r == 1 else r))
+                # each case as it finishes, so a long run killed midway keeps what it measured
+                print(json.dumps(out["models"][-1]), file=sys.stderr, flush=True)
     print(json.dumps(out))
 
 
