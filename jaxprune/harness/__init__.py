@@ -24,13 +24,14 @@ from jaxprune.harness.steps import (accuracy, apply_and_evaluate, finetune_learn
                                     masked_train, prune, run_structure, score_gradients, steps_per_epoch,
                                     dense_cache_key, train, train_dense)
 from jaxprune.harness.trainer import GroupDiverged, GroupTrainer, SequentialTrainer, Trainer, run_in_group
-from jaxprune.harness.validate import validate_config, validate_model, validate_stages
+from jaxprune.harness.validate import UNIT_CRITERIA, validate_config, validate_model, validate_stages
 
 __all__ = ["MethodOutput", "BITS", "F16_LOSS_SCALE", "PolicyModel", "rewrap", "unwrap", "with_precision",
            "METHODS", "MethodFn", "get_method", "register_method", "SCHEMA_VERSION", "check_workdir",
            "cost_fields", "format_result", "plain_result", "result_fields", "write_result", "Run",
            "make_run", "preflight", "accuracy", "apply_and_evaluate",
            "finetune_learning_rate", "finetune_masked", "masked_train", "prune", "run_structure", "score_gradients",
-           "steps_per_epoch", "train", "train_dense", "dense_cache_key", "GroupDiverged", "GroupTrainer", "SequentialTrainer",
+           "steps_per_epoch", "train", "train_dense", "dense_cache_key", "UNIT_CRITERIA", "GroupDiverged",
+           "GroupTrainer", "SequentialTrainer",
            "Trainer", "run_in_group", "validate_config", "validate_model", "validate_stages", "FIELDS", "FieldSpec",
            "method_fields", "validate_fields", "toy_config", "toy_run"]

@@ -28,7 +28,8 @@ from jaxprune.workdir import checkpoint_lock
 from jaxprune.wiring import output_kernels
 
 __all__ = ["accuracy", "train", "train_dense", "dense_cache_key", "DENSE_INDEPENDENT", "finetune_masked",
-           "masked_train", "finetune_learning_rate", "score_gradients", "prune", "steps_per_epoch", "run_structure"]
+           "masked_train", "finetune_learning_rate", "score_gradients", "prune", "steps_per_epoch",
+           "run_structure"]
 
 
 def accuracy(run: Any, params: Any, model_state: Any) -> float:

@@ -13,7 +13,11 @@ from jaxprune.neurons import CRITERIA
 from jaxprune.quant import get_policy
 from jaxprune.recipes import check_names, parse_structure
 
-__all__ = ["validate_config", "validate_model", "validate_stages"]
+__all__ = ["validate_config", "validate_model", "validate_stages", "UNIT_CRITERIA"]
+
+UNIT_CRITERIA = ("none", "random", *sorted(CRITERIA))
+"""The values of ``criterion`` (structured runs): ``none`` (= ``l2``), ``random`` and the neuron
+criteria of :data:`jaxprune.neurons.CRITERIA`."""
 
 
 def validate_config(config: Any) -> None:
@@ -81,8 +85,8 @@ def validate_stages(config: Any) -> None:
     jaxprune.errors.ConfigError: config field 'quantize' must be one of ['int4', 'int8', 'none'], got 'int3'
     """
     g = config.get
-    if g("criterion", "none") not in ("none", "random", *CRITERIA):
-        raise ConfigError(f"config field 'criterion' must be one of {['none', 'random', *sorted(CRITERIA)]}, "
+    if g("criterion", "none") not in UNIT_CRITERIA:
+        raise ConfigError(f"config field 'criterion' must be one of {list(UNIT_CRITERIA)}, "
                           f"got {g('criterion')!r}")
     if g("mean_replacement", False) and not g("shrink", False):
         raise ConfigError("config field 'mean_replacement' needs shrink=true (the removed units' mean "

@@ -32,7 +32,7 @@ import optax
 
 from jaxprune.errors import ConfigError
 from jaxprune.harness import (MethodOutput, Run, accuracy, finetune_learning_rate, finetune_masked, rewrap,
-                              score_gradients, train, train_dense, unwrap)
+                              UNIT_CRITERIA, score_gradients, train, train_dense, unwrap)
 from jaxprune.masks import apply_masks, summary
 from jaxprune.models.common import train_kwargs
 from jaxprune.methods.traced import RANDOM_SCORE_SEED, calibration_inputs, traced_keep, traced_masks
@@ -60,7 +60,7 @@ def unit_scores(run: Run, params: Any, model_state: Any, criterion: str,
         return {k: np.asarray(jax.random.uniform(jax.random.fold_in(key, i), (_units(params, k),)))
                 for i, k in enumerate(layers)}, stats
     if name not in CRITERIA:
-        raise ConfigError(f"config field 'criterion' must be one of {['none', 'random', *sorted(CRITERIA)]}, "
+        raise ConfigError(f"config field 'criterion' must be one of {list(UNIT_CRITERIA)}, "
                           f"got {criterion!r}")
     inputs = CRITERIA[name].inputs
     stats = None

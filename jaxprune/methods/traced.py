@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxprune import data as jdata
 from jaxprune.errors import ConfigError, PruningError
-from jaxprune.harness import Run, score_gradients
+from jaxprune.harness import UNIT_CRITERIA, Run, score_gradients
 from jaxprune.neurons import CRITERIA, collect_activation_stats, get_criterion
 from jaxprune.structure import Graph, StructuredPlan, group_scores, select_units, trace_linen
 from jaxprune.structure.api import attention_dims
@@ -108,7 +108,7 @@ def _scores(run: Run, graph: Graph, ids: tuple[int, ...], params: Any, model_sta
         return group_scores(chosen, {"params": params}, name, grads=grads,
                             include=lambda p: p.startswith("params/"))
     if name not in CRITERIA:
-        raise ConfigError(f"config field 'criterion' must be one of {['none', 'random', *sorted(CRITERIA)]}, "
+        raise ConfigError(f"config field 'criterion' must be one of {list(UNIT_CRITERIA)}, "
                           f"got {criterion!r}")
     layers = sorted({layer for g in chosen.groups for layer in producer_layers(g)})
     stats = collect_activation_stats(base, {"params": params, **model_state}, calibration_inputs(run),
