@@ -12,6 +12,10 @@
   ``pytest-xdist --dist loadfile --no-loadscope-reorder`` (``scripts/test``) no long file starts last
   on one worker while the other idles (longest-processing-time-first scheduling). Within a file the
   order is unchanged. ``JAXPRUNE_RECORD_DURATIONS=PATH`` writes this run's per-file seconds to PATH.
+* ``scripts/test`` compiles with ``JAX_DISABLE_MOST_OPTIMIZATIONS=1`` (XLA's backend optimisation
+  level 0: the suite's small programs compile faster than they would run faster). The files in
+  :data:`XLA_OPTIMIZED_FILES` run with optimisations on: the recorded sweep results are the fully
+  optimised program's bits, and a few files train long enough to lose more than they save.
 """
 
 import json
@@ -44,6 +48,36 @@ def _strict_dtypes_for_the_core(request):
             yield
     else:
         yield
+
+
+XLA_OPTIMIZED_FILES = frozenset({
+    "test_results_unchanged.py",  # fit_sha256 / accuracies recorded from the optimised program
+    "test_structured_run.py", "test_shrink.py", "test_pai.py",  # measured slower at level 0
+})
+"""Test files compiled with XLA's optimisations even when the run disables them (see above)."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _xla_optimizations_for(request):
+    name = os.path.basename(str(request.node.fspath))
+    if name not in XLA_OPTIMIZED_FILES or not jax.config.values["jax_disable_most_optimizations"]:
+        yield
+        return
+    # The flag is read at compile time and is not part of jit's cache key: drop what this worker
+    # compiled before, so no executable built at level 0 is reused here (and the other way after).
+    old_env = os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS")
+    jax.clear_caches()
+    jax.config.update("jax_disable_most_optimizations", False)
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0"  # and subprocesses
+    try:
+        yield
+    finally:
+        jax.clear_caches()
+        jax.config.update("jax_disable_most_optimizations", True)
+        if old_env is None:
+            os.environ.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)
+        else:
+            os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = old_env
 
 
 DURATIONS = Path(__file__).with_name("durations.json")

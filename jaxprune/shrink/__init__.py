@@ -10,6 +10,7 @@ included. See ``docs/shrink.md``.
 """
 
 from jaxprune.shrink.cost import flops, latency_ms, macs, param_bytes, param_count
+from jaxprune.shrink.fastattn import fast_attention, heads_first_attention, with_fast_attention
 from jaxprune.shrink.fastconv import conv_general_dilated, fast_convs, with_fast_convs
 from jaxprune.shrink.plans import Edge, Plan, plan_for
 from jaxprune.shrink.surgery import shrink, unit_means
@@ -19,8 +20,10 @@ __all__ = [
     "Edge",
     "Plan",
     "conv_general_dilated",
+    "fast_attention",
     "fast_convs",
     "flops",
+    "heads_first_attention",
     "latency_ms",
     "macs",
     "param_bytes",
@@ -31,5 +34,6 @@ __all__ = [
     "unit_masks",
     "unit_masks_from_scores",
     "unit_means",
+    "with_fast_attention",
     "with_fast_convs",
 ]
