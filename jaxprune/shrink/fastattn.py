@@ -7,8 +7,8 @@ layout: the ``AV`` product written back to ``(batch, tokens, heads, head_dim)`` 
 the 3.0 ms attention core at batch 256 (4 heads), against 0.24 ms heads-first.
 :func:`heads_first_attention` is a drop-in ``attention_fn`` that moves the heads in front
 (``(batch, heads, tokens, head_dim)``), computes the same scaled products, bias, mask and softmax,
-and moves them back: the same numbers within float rounding, and the zoo ViT at batch 256 runs in
-10.3 ms instead of 14.0 ms (dense) and 6.0 instead of 7.0 ms (50 % of its groups removed).
+and moves them back: the same numbers within float rounding, and a faster zoo ViT, dense and shrunk
+(``scripts/bench_structure.py``, table in ``docs/structure.md``).
 
 It handles the inference path; a call that needs more (active dropout, ``sow``-ed weights, a causal
 flag, custom einsums, mixed dtypes) goes to flax's own function unchanged. :func:`fast_attention`
