@@ -65,20 +65,15 @@ def _xla_optimizations_for(request):
         return
     # The flag is read at compile time and is not part of jit's cache key: drop what this worker
     # compiled before, so no executable built at level 0 is reused here (and the other way after).
-    old_env = os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS")
     jax.clear_caches()
     jax.config.update("jax_disable_most_optimizations", False)
-    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0"  # and subprocesses
     try:
-        yield
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")  # and subprocesses
+            yield
     finally:
         jax.clear_caches()
         jax.config.update("jax_disable_most_optimizations", True)
-        if old_env is None:
-            os.environ.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)
-        else:
-            os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = old_env
-
 
 DURATIONS = Path(__file__).with_name("durations.json")
 """``{test file: seconds}`` (setup + call + teardown of its tests), written by a run with

@@ -71,7 +71,7 @@ def heads_first_attention(query: jax.Array, key: jax.Array, value: jax.Array,
             kwargs["force_fp32_for_softmax"] = True
         return fallback(query, key, value, bias, mask, broadcast_dropout, dropout_rng, dropout_rate,
                         deterministic, dtype, precision, module, **kwargs)
-    if not query.shape[-1] == key.shape[-1] or key.shape[:-1] != value.shape[:-1]:
+    if query.shape[-1] != key.shape[-1] or key.shape[:-1] != value.shape[:-1]:
         raise PruningError(f"heads_first_attention: query {query.shape}, key {key.shape} and value "
                            f"{value.shape} do not fit (..., tokens, heads, head_dim)")
     dtype = query.dtype
