@@ -27,6 +27,7 @@ or closed over.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional, Sequence
 
 import jax
@@ -82,6 +83,7 @@ def _selection_dtype(named: Sequence[tuple[str, Any]]) -> np.dtype:
     return common
 
 
+@functools.partial(jax.jit, static_argnums=1)  # one program per shape, not one per op
 def _sort_keys(x: Any, dtype: np.dtype) -> jax.Array:
     """Signed integer keys (int32, or int64 for 64-bit dtypes) whose order is the order of ``x`` in
     ``dtype`` (-0 == +0; NaN below -inf)."""
@@ -216,10 +218,8 @@ def prune_lowest(scores: Sequence[Any], k: Any) -> list[jax.Array]:
     if total == 0:
         return [jnp.ones(np.shape(x), bool) for _, x in named]
     dtype = _selection_dtype(named)
-    flat = jnp.concatenate([jnp.ravel(_sort_keys(x, dtype)) for _, x in named])
-    keep = _prune_rows(flat[None, :], jnp.reshape(jnp.asarray(k, jnp.int32), (1,)))[0]
-    sizes = np.cumsum([int(np.size(x)) for _, x in named])[:-1]
-    return [m.reshape(np.shape(x)) for m, (_, x) in zip(jnp.split(keep, sizes), named)]
+    return _prune_concatenated([_sort_keys(x, dtype) for _, x in named], k, None,
+                               tuple(tuple(np.shape(x)) for _, x in named))
 
 
 def _prune_each(units: Sequence[Any], ks: Sequence[Any], names: Sequence[str]) -> list[jax.Array]:
@@ -236,12 +236,24 @@ def _prune_each(units: Sequence[Any], ks: Sequence[Any], names: Sequence[str]) -
             for i in idx:
                 out[i] = jnp.ones(np.shape(units[i]), bool)
             continue
-        stacked = jnp.stack([jnp.ravel(keys[i]) for i in idx])
-        k = jnp.stack([jnp.asarray(ks[i], jnp.int32) for i in idx])
-        keep = _prune_rows(stacked, k)
-        for row, i in enumerate(idx):
-            out[i] = keep[row].reshape(np.shape(units[i]))
+        keeps = _prune_stacked([keys[i] for i in idx], [ks[i] for i in idx],
+                               tuple(tuple(np.shape(units[i])) for i in idx))
+        for i, keep in zip(idx, keeps):
+            out[i] = keep
     return out
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _prune_stacked(keys: list[jax.Array], ks: list[Any], shapes: tuple[tuple[int, ...], ...]) -> list[jax.Array]:
+    """:func:`_prune_rows` over equal-size key arrays stacked as rows; keep-masks in ``shapes``."""
+    keep = _prune_rows(jnp.stack([jnp.ravel(k) for k in keys]),
+                       jnp.stack([jnp.asarray(k, jnp.int32) for k in ks]))
+    return [keep[row].reshape(shape) for row, shape in enumerate(shapes)]
+
+
+@jax.jit
+def _any_nan(x: Any) -> jax.Array:
+    return jnp.any(jnp.isnan(x))
 
 
 def _check_finite(path: str, scores: Any) -> None:
@@ -250,7 +262,7 @@ def _check_finite(path: str, scores: Any) -> None:
         return
     # Inside jit, jnp ops on a closed-over array are staged out; evaluate this check now instead.
     with jax.ensure_compile_time_eval():
-        has_nan = bool(jnp.any(jnp.isnan(jnp.asarray(scores))))
+        has_nan = bool(_any_nan(scores))
     if has_nan:
         raise PruningError(f"scores leaf '{path}' contains NaN; NaN scores cannot be ranked")
 
@@ -455,15 +467,26 @@ def _global_keep(units: list[jax.Array], where: list[str], sparsity: Any,
     if total == 0:
         return [jnp.ones(np.shape(u), bool) for u in units]
     dtype = _selection_dtype(list(zip(where, units)))
-    keys = [jnp.ravel(_sort_keys(u, dtype)) for u in units]
-    protect = None
-    if min_keep > 0:
-        # Each leaf's min_keep best units hold the largest key and are kept by the tie rule (k is
-        # capped at the unprotected count above): one threshold still decides everything else.
+    keys = [_sort_keys(u, dtype) for u in units]
+    best = None
+    if min_keep > 0:  # each leaf's min_keep best units, protected in _prune_concatenated
         best = _prune_each(units, [n - m for n, m in zip(sizes, kept)], where)
+    return _prune_concatenated(keys, k, best, tuple(tuple(np.shape(u)) for u in units))
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _prune_concatenated(keys: list[jax.Array], k: Any, best: Optional[list[jax.Array]],
+                        shapes: tuple[tuple[int, ...], ...]) -> list[jax.Array]:
+    """Keep-masks (in ``shapes``) removing the ``k`` lowest of all ``keys`` under one threshold.
+    Entries where ``best`` is True get the largest key and are kept by the tie rule (the caller
+    caps ``k`` at the unprotected count): one threshold still decides everything else."""
+    keys = [jnp.ravel(key) for key in keys]
+    protect = None
+    if best is not None:
         top = jnp.asarray(np.iinfo(keys[0].dtype).max, keys[0].dtype)
         keys = [jnp.where(jnp.ravel(b), top, key) for b, key in zip(best, keys)]
         protect = jnp.concatenate([jnp.ravel(b) for b in best])[None, :]
-    flat = jnp.concatenate(keys)[None, :]
-    keep = _prune_rows(flat, jnp.reshape(jnp.asarray(k, jnp.int32), (1,)), protect)[0]
-    return [m.reshape(np.shape(u)) for m, u in zip(jnp.split(keep, np.cumsum(sizes)[:-1]), units)]
+    keep = _prune_rows(jnp.concatenate(keys)[None, :], jnp.reshape(jnp.asarray(k, jnp.int32), (1,)),
+                       protect)[0]
+    splits = np.cumsum([int(np.prod(shape)) for shape in shapes])[:-1]
+    return [m.reshape(shape) for m, shape in zip(jnp.split(keep, splits), shapes)]
