@@ -13,7 +13,10 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FOUR = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+# scripts/test's own XLA flags (its compiler choice) go on to the subprocess
+FOUR = {"XLA_FLAGS": " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
+                                            "--xla_force_host_platform_device_count=4"])),
+        "JAX_PLATFORMS": "cpu"}
 
 
 def _env():

@@ -238,9 +238,21 @@ def test_float64_scores_ranked_exactly():
         i64 = jnp.array([2**53 + 1, 2**53], jnp.int64)
         assert sel.prune_lowest([i64], 1)[0].tolist() == [True, False]
     # x64 off: a numpy float64 leaf that float32 cannot hold exactly is refused, an exact one is fine.
-    with pytest.raises(jp.PruningError, match="'w'.*float64.*x64"):
+    with pytest.raises(jp.PruningError, match="'w'.*float64.*x64 .*could prune the larger of two close "
+                                              "scores. Enable x64 or cast the scores yourself$"):
         jp.topk_masks({"w": np.array([[1 + 1e-12, 1.0]])}, 0.5, include="w")
     assert jp.topk_masks({"w": np.array([[2.0, 1.0]])}, 0.5, include="w")["w"].tolist() == [[True, False]]
+    # exact 64-bit integers and unsigned integers are narrowed to 32 bits and ranked as before
+    for dtype in (np.int64, np.uint64):
+        got = jp.topk_masks({"w": np.array([[3, 1, 2, 0]], dtype)}, 0.5, include="w")["w"]
+        assert got.tolist() == [[True, False, True, False]], dtype
+
+
+def test_sparsities_tree_of_another_structure_names_both():
+    sc = {"a": jnp.ones((2, 2)), "b": jnp.ones((2, 2))}
+    with pytest.raises(jp.PruningError, match="^sparsities does not have the structure of scores: "
+                                              "missing \\['b'\\]"):
+        jp.topk_masks(sc, {"a": 0.5, "c": 0.5})
 
 
 def test_mixed_dtypes_ranked_together_must_be_exact():
