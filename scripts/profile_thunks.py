@@ -4,8 +4,9 @@ Answers "why is the pruned model not as much faster as its FLOPs say": each comp
 a dot, a convolution) is timed by XLA's own profiler events (``--xla_cpu_enable_xprof_traceme``),
 grouped by what it computes (the layer paths of its ops, with block numbers removed, so the four
 ``blocks_<i>/fc`` dots are one row), for the dense model and the same model with 50 % of its groups
-removed by ``jaxprune.prune_structured``. Prints one JSON line per row: dense ms, shrunk ms, their
-ratio, then a total; thunks overlap on the 2 cores, so the total is CPU time, not wall time.
+removed by ``jaxprune.prune_structured``, in alternating rounds (the box's speed drifts), medians.
+Prints one JSON line per row: dense ms, shrunk ms, their ratio, then a total; thunks overlap on the
+2 cores, so the total is CPU time, not wall time.
 
     python scripts/profile_thunks.py vit --batch 256
 """
@@ -22,6 +23,7 @@ import glob  # noqa: E402
 import gzip  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
+import statistics  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
@@ -60,13 +62,18 @@ def _what(hlo: str) -> dict[str, str]:
     return label
 
 
-def profile(model, variables, batch: int, calls: int = 20) -> dict[str, float]:
-    """Per-label milliseconds per call of the jitted forward pass (fast_convs + fast_attention)."""
+def compiled(model, variables, batch: int):
+    """The jitted forward pass (fast_convs + fast_attention), compiled and warmed up, and its input."""
     x = jax.random.normal(jax.random.PRNGKey(1), (batch, *SHAPE))
     with fast_convs(), fast_attention():
         fn = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, x).compile()
     for _ in range(10):
         fn(variables, x).block_until_ready()
+    return fn, x
+
+
+def profile(fn, variables, x, calls: int = 20) -> dict[str, float]:
+    """Per-label milliseconds per call of ``fn(variables, x)``, from one profiler trace."""
     with tempfile.TemporaryDirectory() as where:
         with jax.profiler.trace(where, create_perfetto_trace=True):
             for _ in range(calls):
@@ -85,12 +92,19 @@ def main() -> None:
     parser.add_argument("model", choices=sorted(ZOO))
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     model = ZOO[args.model]()
     x = jnp.zeros((1, *SHAPE))
     v = jax.jit(model.init)(jax.random.PRNGKey(0), x)
     small, sv = prune_structured(model, v, x, 0.5)
-    dense, shrunk = profile(model, v, args.batch), profile(small, sv, args.batch)
+    fns = {"dense": (*compiled(model, v, args.batch), v), "shrunk": (*compiled(small, sv, args.batch), sv)}
+    runs = {"dense": [], "shrunk": []}
+    for _ in range(args.rounds):
+        for name, (fn, x, variables) in fns.items():
+            runs[name].append(profile(fn, variables, x))
+    dense, shrunk = ({k: statistics.median(r.get(k, 0.0) for r in rs) for k in set().union(*rs)}
+                     for rs in (runs["dense"], runs["shrunk"]))
     for what in sorted(dense, key=dense.get, reverse=True)[:args.top]:
         d, s = dense[what], shrunk.get(what, 0.0)
         print(json.dumps({"ops": what, "dense_ms": round(d, 3), "shrunk_ms": round(s, 3),
