@@ -244,7 +244,8 @@ def _prune_each(units: Sequence[Any], ks: Sequence[Any], names: Sequence[str]) -
 
 
 @functools.partial(jax.jit, static_argnums=2)
-def _prune_stacked(keys: list[jax.Array], ks: list[Any], shapes: tuple[tuple[int, ...], ...]) -> list[jax.Array]:
+def _prune_stacked(keys: list[jax.Array], ks: list[Any],
+                   shapes: tuple[tuple[int, ...], ...]) -> list[jax.Array]:
     """:func:`_prune_rows` over equal-size key arrays stacked as rows; keep-masks in ``shapes``."""
     keep = _prune_rows(jnp.stack([jnp.ravel(k) for k in keys]),
                        jnp.stack([jnp.asarray(k, jnp.int32) for k in ks]))
