@@ -14,7 +14,7 @@ Prints one JSON line:
   over the better latency ratio with the same lowering on both sides (goal: <= 1.3);
   ``latency_ratio_served`` is the plain dense model over the shrunk one with the fast lowerings.
 
-Usage: python scripts/bench_structure.py [--batch 64 256] [--rounds 3] [--repeats 10]
+Usage: python scripts/bench_structure.py [--batch 64 256] [--rounds 3] [--repeats 10] [--warmup 5]
        [--models resnet18 mobilenet vit mlp_784_128 lenet300] [--round-to 1 8 16] [--trace-only]
 """
 
@@ -91,7 +91,7 @@ ZOO = {"resnet18": lambda: ResNet18(10), "mobilenet": lambda: MobileNetV2(10), "
        "mlp_784_128": lambda: MLP((128, 10)), "lenet300": lambda: MLP((300, 100, 10))}
 
 
-def model_case(name, batches, rounds, repeats, round_to=None):
+def model_case(name, batches, rounds, repeats, round_to=None, warmup=5):
     model = ZOO[name]()
     x = jnp.zeros((1, *SHAPE))
     v = jax.jit(model.init)(jax.random.PRNGKey(0), x)
@@ -106,11 +106,11 @@ def model_case(name, batches, rounds, repeats, round_to=None):
     for batch in batches:
         times = {"dense": [], "shrunk": [], "dense_fast": [], "shrunk_fast": []}
         for _ in range(rounds):
-            times["dense"].append(latency_ms(model, v, SHAPE, batch, repeats))
-            times["shrunk"].append(latency_ms(small, sv, SHAPE, batch, repeats))
+            times["dense"].append(latency_ms(model, v, SHAPE, batch, repeats, warmup=warmup))
+            times["shrunk"].append(latency_ms(small, sv, SHAPE, batch, repeats, warmup=warmup))
             with fast_convs(), fast_attention():
-                times["dense_fast"].append(latency_ms(model, v, SHAPE, batch, repeats))
-                times["shrunk_fast"].append(latency_ms(small, sv, SHAPE, batch, repeats))
+                times["dense_fast"].append(latency_ms(model, v, SHAPE, batch, repeats, warmup=warmup))
+                times["shrunk_fast"].append(latency_ms(small, sv, SHAPE, batch, repeats, warmup=warmup))
         ms = {k: statistics.median(ts) for k, ts in times.items()}
         plain, fast = ms["dense"] / ms["shrunk"], ms["dense_fast"] / ms["shrunk_fast"]
         row[f"batch_{batch}"] = {**{f"{k}_ms": round(t, 2) for k, t in ms.items()},
@@ -129,6 +129,7 @@ def main():
     ap.add_argument("--batch", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=5, help="untimed calls before each timing")
     ap.add_argument("--trace-repeats", type=int, default=3)
     ap.add_argument("--models", nargs="+", default=sorted(ZOO), choices=sorted(ZOO))
     ap.add_argument("--round-to", type=int, nargs="+", default=[1, 8, 16],
@@ -142,7 +143,7 @@ def main():
         for m in args.models:
             for r in args.round_to:
                 out["models"].append(model_case(m, args.batch, args.rounds, args.repeats,
-                                                None if r == 1 else r))
+                                                None if r == 1 else r, args.warmup))
                 # each case as it finishes, so a long run killed midway keeps what it measured
                 print(json.dumps(out["models"][-1]), file=sys.stderr, flush=True)
     print(json.dumps(out))

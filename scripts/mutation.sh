@@ -40,6 +40,7 @@ fi
 declare -A SOURCE=(
   [counts]=jaxprune/counts.py
   [select]=jaxprune/select.py
+  [ranking]=jaxprune/ranking.py
   [allocate]=jaxprune/allocate.py
   [structures]=jaxprune/structures.py
   [masks]=jaxprune/masks.py
@@ -51,6 +52,7 @@ declare -A SOURCE=(
 declare -A TESTS=(
   [counts]="tests/test_counts.py"
   [select]="tests/test_select.py"
+  [ranking]="tests/test_ranking.py tests/test_select.py"
   [allocate]="tests/test_allocate.py"
   [structures]="tests/test_structures.py tests/test_registry.py"
   [masks]="tests/test_masks.py"
@@ -59,7 +61,7 @@ declare -A TESTS=(
   [transform]="tests/test_train.py tests/test_transform_chains.py"
   [schedules]="tests/test_train.py"
 )
-ORDER=(counts select allocate structures masks paths scores transform schedules)
+ORDER=(counts select ranking allocate structures masks paths scores transform schedules)
 
 RERUN=0
 if [ "${1:-}" = "--survivors" ]; then RERUN=1; shift; fi

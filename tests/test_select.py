@@ -80,31 +80,6 @@ def test_ties_broken_by_index_then_leaf_order():
     np.testing.assert_array_equal(g["b"], [[False, True]])
 
 
-def test_long_rows_use_radix_select(monkeypatch):
-    # Force the radix path on small rows (tie-heavy, sorted, signed, infinite, several rows with their
-    # own k) and compare with a stable sort: exact count, ties in index order.
-    monkeypatch.setattr(sel, "_SMALL", 16)
-    x = jax.random.normal(jax.random.PRNGKey(3), (5000,))
-    special = x.at[:40].set(-jnp.inf).at[40:80].set(jnp.inf).at[80:200].set(0.0).at[200:260].set(-0.0)
-    for scores in (x, jnp.round(x * 2), jnp.sort(x)[::-1], special, jnp.zeros(5000)):
-        for k in (1, 17, 2500, 4999, 5000):
-            keep = sel.prune_lowest([scores], k)[0]
-            assert _pruned(keep) == k
-            key = np.where(np.asarray(scores) == 0, 0.0, np.asarray(scores, np.float32))
-            order = np.lexsort((np.arange(5000), key))
-            want = np.ones(5000, bool)
-            want[order[:k]] = False
-            np.testing.assert_array_equal(keep, want)
-    rows = jnp.stack([x, jnp.round(x), -x])
-    ks = jnp.array([0, 1234, 5000])
-    keep = np.asarray(sel._prune_rows(sel._sort_keys(rows, np.dtype(np.float32)), ks))
-    for r in range(3):
-        order = np.lexsort((np.arange(5000), np.asarray(rows[r], np.float32)))
-        want = np.ones(5000, bool)
-        want[order[:int(ks[r])]] = False
-        np.testing.assert_array_equal(keep[r], want)
-
-
 def test_negative_and_signed_zero_scores():
     s = {"w": jnp.array([[-3.0, -0.0, 0.0, 2.0, -jnp.inf, jnp.inf]])}
     m = jp.topk_masks(s, 0.5, include="w")["w"]
@@ -220,13 +195,6 @@ def test_int_scores_ranked_exactly():
         assert keep.tolist() == [False, True, False]
 
 
-def test_int_scores_radix_path_exact(monkeypatch):
-    monkeypatch.setattr(sel, "_SMALL", 16)
-    x = jnp.full((64,), 16_777_216, jnp.int32).at[37].set(16_777_217)
-    (keep,) = sel.prune_lowest([x], 63)
-    assert np.flatnonzero(np.asarray(keep)).tolist() == [37]
-
-
 def test_float64_scores_ranked_exactly():
     with jax.enable_x64(True):
         sc = {"w": jnp.array([[1 + 1e-12, 1.0]], jnp.float64)}
@@ -263,21 +231,6 @@ def test_mixed_dtypes_ranked_together_must_be_exact():
     ok = {"a": jnp.array([[3]], jnp.int16), "b": jnp.array([[2.5]], jnp.float32)}  # int16 fits float32
     m = jp.global_masks(ok, 0.5, include=["a", "b"])
     assert m["a"].tolist() == [[True]] and m["b"].tolist() == [[False]]
-
-
-@pytest.mark.parametrize("k", [4, -1, 1.5, [], "2", True])
-def test_prune_lowest_bad_k_names_it(k):
-    with pytest.raises(jp.PruningError, match="prune_lowest: k"):
-        sel.prune_lowest([jnp.ones(3)], k)
-
-
-def test_prune_lowest_bad_scores_and_edge_k():
-    with pytest.raises(jp.PruningError, match="non-empty list"):
-        sel.prune_lowest([], 0)
-    assert sel.prune_lowest([jnp.ones(3)], 3.0)[0].tolist() == [False, False, False]  # whole float ok
-    assert sel.prune_lowest([jnp.ones(3)], np.int64(0))[0].tolist() == [True, True, True]
-    # A traced k is clipped (it cannot raise).
-    assert jax.jit(lambda k: sel.prune_lowest([jnp.arange(3.0)], k)[0])(7).tolist() == [False] * 3
 
 
 # --- structured selection: outputs and min_keep -------------------------------------------------
@@ -363,9 +316,3 @@ def test_float64_nan_scores_are_reported_as_nan_not_as_lossy():
 def test_a_sparsities_leaf_must_be_a_scalar():
     with pytest.raises(jp.PruningError, match=r"sparsities leaf 'a' must be a scalar, got shape \(2,\)"):
         jp.topk_masks({"a": jnp.ones(4)}, {"a": jnp.array([0.5, 0.5])})
-
-
-def test_prune_lowest_over_three_arrays_splits_back_in_order():
-    a, b, c = jnp.array([3.0, 1.0]), jnp.array([0.5]), jnp.array([2.0, 0.1, 5.0])
-    masks = sel.prune_lowest([a, b, c], 3)  # removes 0.1, 0.5, 1.0
-    assert [m.tolist() for m in masks] == [[True, False], [False], [True, False, True]]
