@@ -316,3 +316,13 @@ def test_float64_nan_scores_are_reported_as_nan_not_as_lossy():
 def test_a_sparsities_leaf_must_be_a_scalar():
     with pytest.raises(jp.PruningError, match=r"sparsities leaf 'a' must be a scalar, got shape \(2,\)"):
         jp.topk_masks({"a": jnp.ones(4)}, {"a": jnp.array([0.5, 0.5])})
+
+
+def test_output_leaves_stay_dense_bool_and_do_not_stop_the_others():
+    """An ``outputs=`` leaf first in tree order gets a bool all-True mask, and the leaves after it
+    still lose their units (layerwise) or compete (global: 2 of the 4 competing units go)."""
+    sc = {"a": {"kernel": jnp.arange(8.0).reshape(2, 4)}, "b": {"kernel": jnp.arange(8.0).reshape(2, 4) + 1}}
+    st = jp.Neurons(outputs=["a/kernel"])
+    for m in (jp.topk_masks(sc, 0.5, structure=st), jp.global_masks(sc, 0.5, structure=st)):
+        assert m["a"]["kernel"].dtype == jnp.bool_ and bool(np.asarray(m["a"]["kernel"]).all())
+        assert _units_kept(m["b"]["kernel"]) == 2
