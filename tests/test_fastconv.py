@@ -1,5 +1,7 @@
 """jaxprune.shrink.fastconv: the shifted-product conv equals XLA's conv; the rule; linen/nnx hooks."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,7 +59,10 @@ def test_rule_picks_shifted_only_for_small_channels_last_convs():
     assert not use_shifted((256, 28, 28, 1), (3, 3, 1, 32), DN2)   # XLA's YNNPACK conv from 32 on
     assert not use_shifted((256, 28, 28, 1), (3, 3, 1, 64), DN2)   # wide output: XLA is fast
     assert not use_shifted((256, 14, 14, 8), (3, 3, 8, 16), DN2)   # 1152 MACs per pixel
-    assert not use_shifted((2, 8, 8, 4), (3, 3, 1, 4), DN2, feature_group_count=4)
+    assert use_shifted((2, 8, 8, 4), (3, 3, 1, 4), DN2, feature_group_count=4)     # depthwise
+    assert use_shifted((2, 8, 8, 384), (3, 3, 1, 768), DN2, feature_group_count=384)  # any width, m = 2
+    assert not use_shifted((2, 8, 8, 4), (3, 3, 2, 4), DN2, feature_group_count=2)  # grouped, not depthwise
+    assert not use_shifted((2, 4, 8, 8), (4, 1, 3, 3), ("NCHW", "OIHW", "NCHW"), feature_group_count=4)
     assert not use_shifted((2, 8, 8, 1), (3, 3, 1, 4), DN2, lhs_dilation=(2, 2))
     assert not use_shifted((2, 1, 8, 8), (4, 1, 3, 3), ("NCHW", "OIHW", "NCHW"))
 
@@ -124,6 +129,56 @@ def test_nnx_copy_uses_the_fast_conv_and_the_original_is_untouched():
     assert fast.Conv_0.kernel[...] is m.Conv_0.kernel[...]
     with pytest.raises(PruningError, match="nnx.Module"):
         with_fast_convs(SmallCNN(10))
+
+
+DEPTHWISE = [  # (input shape, kernel shape, strides, padding, rhs_dilation): kernel (*window, 1, m * C)
+    ((2, 9, 9, 6), (3, 3, 1, 6), (1, 1), "SAME", None),
+    ((2, 9, 8, 4), (3, 3, 1, 4), (2, 2), "SAME", None),
+    ((1, 10, 7, 3), (5, 3, 1, 6), (1, 2), "VALID", None),     # multiplier 2
+    ((2, 11, 11, 2), (3, 3, 1, 2), (1, 1), "SAME", (2, 2)),
+    ((3, 12, 5), (3, 1, 5), (2,), "SAME", None),              # one spatial dim
+]
+
+
+@pytest.mark.parametrize("xs, ws, strides, padding, dil", DEPTHWISE)
+def test_depthwise_shifted_conv_equals_xla_grouped_conv_values_and_gradients(xs, ws, strides, padding, dil):
+    kx, kw = jax.random.split(jax.random.PRNGKey(sum(xs) + sum(ws)))
+    x, w = jax.random.normal(kx, xs), jax.random.normal(kw, ws)
+    dn = DN2 if len(xs) == 4 else ("NWC", "WIO", "NWC")
+    groups = xs[-1]
+
+    def loss(conv, w, x):
+        y = conv(x, w, strides, padding, rhs_dilation=dil, dimension_numbers=dn,
+                 feature_group_count=groups, precision="highest")
+        return jnp.sum(jnp.tanh(y)), y
+
+    (la, ya), ga = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(conv_general_dilated, w, x)
+    (lb, yb), gb = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(lax.conv_general_dilated, w, x)
+    assert use_shifted(xs, ws, dn, feature_group_count=groups) and ya.shape == yb.shape
+    np.testing.assert_allclose(np.asarray(ya), np.asarray(yb), rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-4), ga, gb)
+
+
+def test_grouped_but_not_depthwise_is_an_error_in_shifted_conv_and_left_to_xla_in_the_drop_in():
+    x, w = jnp.ones((1, 6, 6, 4)), jnp.ones((3, 3, 2, 4))
+    with pytest.raises(PruningError, match="feature_group_count=2 .* is not depthwise"):
+        shifted_conv(x, w, (1, 1), "SAME", feature_group_count=2)
+    got = conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN2, feature_group_count=2)
+    want = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN2, feature_group_count=2)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_mobilenet_under_fast_convs_is_unchanged_and_has_no_grouped_conv_left():
+    from jaxprune.models.mobilenet import MobileNetV2
+    m = MobileNetV2(10, width=0.25, divisor=4)
+    v = init_params(m, jax.random.PRNGKey(0), (1, 28, 28, 1))
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 28, 28, 1))
+    with fast_convs():
+        y = jax.jit(m.apply)(v, x)
+        fast_groups = re.findall(r"feature_group_count=(\d+)", str(jax.make_jaxpr(m.apply)(v, x)))
+    np.testing.assert_allclose(np.asarray(y), np.asarray(m.apply(v, x)), rtol=1e-4, atol=1e-5)
+    plain_groups = re.findall(r"feature_group_count=(\d+)", str(jax.make_jaxpr(m.apply)(v, x)))
+    assert any(g != "1" for g in plain_groups) and all(g == "1" for g in fast_groups)
 
 
 def test_channel_mismatch_is_an_error():

@@ -30,8 +30,8 @@ from jax import lax
 
 from jaxprune.errors import PruningError
 
-__all__ = ["MAX_OUT_FEATURES", "MAX_PIXEL_MACS", "conv_general_dilated", "fast_convs", "shifted_conv",
-           "use_shifted", "with_fast_convs"]
+__all__ = ["MAX_OUT_FEATURES", "MAX_PIXEL_MACS", "conv_general_dilated", "fast_convs", "is_depthwise",
+           "shifted_conv", "use_shifted", "with_fast_convs"]
 
 MAX_PIXEL_MACS = 900
 """Largest taps x input x output channels (multiply-adds per output pixel) the shifted form takes: it
@@ -57,32 +57,55 @@ def use_shifted(lhs_shape: Sequence[int], rhs_shape: Sequence[int], dimension_nu
                 batch_group_count: int = 1) -> bool:
     """Whether :func:`conv_general_dilated` computes this conv as shifted products (the rule).
 
-    Yes for a channels-last (NHWC / HWIO) ungrouped conv without input dilation with at most
-    :data:`MAX_OUT_FEATURES` output channels and at most :data:`MAX_PIXEL_MACS` multiply-adds per
-    output pixel (kernel taps x input channels x output channels); no otherwise (XLA's conv).
+    Yes for a channels-last (NHWC / HWIO) conv without input dilation that is either ungrouped with
+    at most :data:`MAX_OUT_FEATURES` output channels and at most :data:`MAX_PIXEL_MACS` multiply-adds
+    per output pixel (kernel taps x input channels x output channels), or depthwise
+    (:func:`is_depthwise`, any width: XLA:CPU's grouped conv is 20-50x slower there); no otherwise
+    (XLA's conv).
 
     Example:
         >>> dn = ('NHWC', 'HWIO', 'NHWC')
         >>> use_shifted((256, 28, 28, 1), (3, 3, 1, 8), dn), use_shifted((256, 14, 14, 32), (3, 3, 32, 64), dn)
         (True, False)
+        >>> use_shifted((64, 14, 14, 144), (3, 3, 1, 144), dn, feature_group_count=144)
+        True
     """
     nd = len(lhs_shape) - 2
-    if nd < 1 or len(rhs_shape) != nd + 2 or feature_group_count != 1 or batch_group_count != 1:
+    if nd < 1 or len(rhs_shape) != nd + 2 or batch_group_count != 1:
         return False
     if lhs_dilation is not None and any(int(d) != 1 for d in lhs_dilation):
         return False
     if _dims(lhs_shape, rhs_shape, dimension_numbers) != _channels_last(nd):
         return False
+    if feature_group_count != 1:
+        return is_depthwise(lhs_shape, rhs_shape, feature_group_count)
     return rhs_shape[-1] <= MAX_OUT_FEATURES and math.prod(rhs_shape) <= MAX_PIXEL_MACS
+
+
+def is_depthwise(lhs_shape: Sequence[int], rhs_shape: Sequence[int], feature_group_count: int) -> bool:
+    """Whether a channels-last conv is depthwise: one input channel per group, every input channel
+    its own group (``feature_group_count`` = input channels), ``m`` output channels per group.
+
+    Example:
+        >>> is_depthwise((8, 14, 14, 96), (3, 3, 1, 96), 96)
+        True
+        >>> is_depthwise((8, 14, 14, 96), (3, 3, 2, 96), 48)
+        False
+    """
+    cin, g = int(lhs_shape[-1]), int(feature_group_count)
+    return g > 1 and g == cin and int(rhs_shape[-2]) == 1 and int(rhs_shape[-1]) % g == 0
 
 
 def shifted_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
                  rhs_dilation: Sequence[int] | None = None,
-                 preferred_element_type: Any = None) -> jax.Array:
+                 preferred_element_type: Any = None, feature_group_count: int = 1) -> jax.Array:
     """Channels-last convolution as a sum of shifted broadcast products; equals ``lax`` within rounding.
 
     ``lhs`` is (N, *spatial, Cin), ``rhs`` (*window, Cin, Cout); ``padding`` is 'SAME', 'VALID',
-    'SAME_LOWER' or one (low, high) pair per spatial dim, as in ``lax.conv_general_dilated``.
+    'SAME_LOWER' or one (low, high) pair per spatial dim, as in ``lax.conv_general_dilated``. With
+    ``feature_group_count`` = Cin the conv is depthwise: ``rhs`` is (*window, 1, Cout), Cout a multiple
+    of Cin, output channel ``c * m + j`` reading input channel ``c`` (``lax``'s layout); each tap is then
+    one elementwise multiply-add over all channels. Other groupings raise.
 
     Example:
         >>> x, w = jnp.ones((2, 5, 5, 1)), jnp.ones((3, 3, 1, 4))
@@ -92,9 +115,16 @@ def shifted_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], 
     """
     nd = lhs.ndim - 2
     window, cin = rhs.shape[:nd], rhs.shape[nd]
-    if lhs.shape[-1] != cin:
+    depthwise = int(feature_group_count) != 1
+    if depthwise and not is_depthwise(lhs.shape, rhs.shape, feature_group_count):
+        raise PruningError(f"shifted_conv: feature_group_count={feature_group_count} with input "
+                           f"{lhs.shape} and kernel {rhs.shape} is not depthwise (one group per input "
+                           "channel, kernel (*window, 1, m * channels)); only depthwise grouping is "
+                           "supported")
+    if not depthwise and lhs.shape[-1] != cin:
         raise PruningError(f"shifted_conv: input has {lhs.shape[-1]} channels, kernel {rhs.shape} "
                            f"expects {cin}")
+    mult = rhs.shape[-1] // lhs.shape[-1] if depthwise else 1
     strides = tuple(int(s) for s in window_strides)
     dil = tuple(int(d) for d in rhs_dilation) if rhs_dilation is not None else (1,) * nd
     spatial = lhs.shape[1:-1]
@@ -112,6 +142,11 @@ def shifted_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], 
         limit = (xp.shape[0], *(st + (o - 1) * s + 1 for st, o, s in zip(start[1:-1], out_shape, strides)),
                  xp.shape[-1])
         xs = lax.slice(xp, start, limit, (1, *strides, 1))
+        if depthwise:  # output channel c * mult + j reads input channel c
+            taps = w[tap + (0,)].reshape((1,) * (nd + 1) + (-1,))
+            term = (jnp.repeat(xs, mult, axis=-1) if mult > 1 else xs) * taps
+            out = term if out is None else out + term
+            continue
         for c in range(cin):
             term = xs[..., c:c + 1] * w[tap + (c,)].reshape((1,) * (nd + 1) + (-1,))
             out = term if out is None else out + term
@@ -139,7 +174,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     """
     if use_shifted(lhs.shape, rhs.shape, dimension_numbers, lhs_dilation=lhs_dilation,
                    feature_group_count=feature_group_count, batch_group_count=batch_group_count):
-        return shifted_conv(lhs, rhs, window_strides, padding, rhs_dilation, preferred_element_type)
+        return shifted_conv(lhs, rhs, window_strides, padding, rhs_dilation, preferred_element_type,
+                            feature_group_count)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, batch_group_count,
                                     precision, preferred_element_type, **kwargs)
