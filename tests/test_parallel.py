@@ -240,7 +240,7 @@ ABORT_ARGS = ["experiments/configs/lenet300.py", "mesh=data:4", "sparsity=0.9", 
               "latency_batch=0"]
 
 
-def _write_idx(path, array: "np.ndarray") -> None:
+def _write_idx(path, array) -> None:  # array: a numpy uint8 array
     import numpy as np
 
     # IDX: two zero bytes, type code 0x08 (uint8), rank, then big-endian uint32 dims and the data.
@@ -278,7 +278,6 @@ def _worker() -> dict:
     import tempfile
 
     import jax
-    import jax.numpy as jnp
     import numpy as np
     import optax
     from jax.sharding import NamedSharding, PartitionSpec as P

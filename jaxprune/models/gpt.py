@@ -15,7 +15,6 @@ whose params are the subtree ``params[block_names()[i]]``).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax

@@ -120,8 +120,7 @@ def open_manager(directory: str | os.PathLike, *, keep: int = 2):
     path = ensure_writable_dir(os.path.abspath(os.fspath(directory)), "checkpoint directory",
                                CheckpointError)
     options = ocp.CheckpointManagerOptions(max_to_keep=max(2, keep), create=True)
-    return ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options,
-                                 item_names=("state", "meta"))
+    return ocp.CheckpointManager(path, options=options, item_names=("state", "meta"))
 
 
 def save_phase(manager: Any, ckpt: PhaseCheckpoint, fingerprint: dict, *, wait: bool = False) -> None:
