@@ -190,8 +190,8 @@ def test_the_reader_sees_every_import(source, expected):
 # placed here. ``lm`` is built on the train layer and, like the harness, is used only from above.
 LAYERS: dict[str, int] = {
     **dict.fromkeys(["allocate", "config", "counts", "data", "dtree", "errors", "hostmem", "masks", "models",
-                     "neurons", "paths", "quant", "recipes", "results_schema", "scores", "select", "shrink",
-                     "structure", "structures", "svm", "wiring", "workdir"], 0),
+                     "neurons", "paths", "quant", "ranking", "recipes", "results_schema", "scores", "select",
+                     "shrink", "structure", "structures", "svm", "wiring", "workdir"], 0),
     "train": 1,
     "harness": 2, "lm": 2,
     "methods": 3,
