@@ -80,6 +80,8 @@ FIELDS: dict[str, Field] = {
     "latency_dense_ms": Field(_NN, "median forward latency of the dense model (latency_batch > 0)"),
     "latency_final_ms": Field(_NN, "median forward latency of the final model (latency_batch > 0)"),
     "latency_batch": Field(_NN, "batch size of the latency measurement"),
+    "latency_lowering": Field(_NN, "'xla' (XLA's own convs and flax's attention) or 'fast' "
+                                   "(latency_fast=true: fast_convs + fast_attention, both models)"),
     "fit_sha256": Field(_NN, "sha256 over the final state of every training phase, in order"),
     "vmapped": Field(_NN, "number of runs trained as one group (absent: trained alone)"),
     "vmap_strategy": Field(_NN, "the group's training strategy: 'scan' or 'vmap'"),

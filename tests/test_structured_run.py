@@ -83,8 +83,31 @@ def test_finetuned_shrunk_model_and_latency_fields(tmp_path):
     r = _run(tmp_path, "criterion=hoyer", "shrink=true", "finetune_epochs=1", "latency_batch=32")
     assert r["units_kept"] == {"Dense_0": 64}
     assert r["latency_dense_ms"] > 0 and r["latency_final_ms"] > 0 and r["latency_batch"] == 32
+    assert r["latency_lowering"] == "xla"
     # digits, 10 classes (chance 0.1): measured 0.79 dense, 0.65 shrunk, 0.82 after fine-tuning.
     assert r["test_accuracy"] > 0.6, r["test_accuracy"]
+
+
+def test_latency_fast_times_both_models_under_the_fast_lowerings(tmp_path, monkeypatch):
+    import contextlib
+
+    import jaxprune.harness.results as results
+
+    entered, original = [], results.fast_lowerings
+
+    @contextlib.contextmanager
+    def recording():
+        entered.append(1)
+        with original():
+            yield
+
+    monkeypatch.setattr(results, "fast_lowerings", recording)
+    r = _run(tmp_path, "criterion=l2", "shrink=true", "latency_batch=8", "latency_fast=true")
+    assert entered == [1] and r["latency_lowering"] == "fast"
+    assert r["latency_dense_ms"] > 0 and r["latency_final_ms"] > 0
+    entered.clear()
+    r = _run(tmp_path, "criterion=l2", "shrink=true", "latency_batch=8")
+    assert entered == [] and r["latency_lowering"] == "xla"
 
 
 @pytest.mark.parametrize("overrides, match", [

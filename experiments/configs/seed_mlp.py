@@ -43,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.shrink = False  # physically remove the pruned units (smaller model, fewer FLOPs)
     config.mean_replacement = False  # fold removed units' mean activation into the next bias
     config.latency_batch = 256  # batch size of the latency measurement
+    config.latency_fast = False  # time both models under fast_convs + fast_attention (docs/shrink.md)
     # Quantization and precision: see docs/quantization.md.
     config.quantize = "none"  # int8 | int4 (post-training, per output channel, zeros stay zero)
     config.qat_epochs = 0  # pruning-preserving quantization-aware fine-tuning epochs

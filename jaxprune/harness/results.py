@@ -3,6 +3,7 @@ that have it: :mod:`jaxprune.results_schema`, docs/results_schema.md), written b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,7 +20,7 @@ from jaxprune.harness.steps import accuracy
 from jaxprune.masks import summary
 from jaxprune.quant import size_report
 from jaxprune.results_schema import SCHEMA_VERSION
-from jaxprune.shrink import flops, latency_ms, macs, param_bytes, param_count
+from jaxprune.shrink import fast_lowerings, flops, latency_ms, macs, param_bytes, param_count
 from jaxprune.workdir import ensure_writable_dir
 
 __all__ = ["SCHEMA_VERSION", "check_workdir", "cost_fields", "result_fields", "plain_result", "write_result",
@@ -51,11 +52,16 @@ def cost_fields(run: Any, out: MethodOutput) -> dict:
                    "bytes_final": param_bytes(final_vars["params"])})
     batch = int(run.config.get("latency_batch", 0) or 0)
     if batch > 0:
-        fields["latency_dense_ms"] = latency_ms(dense_model, dense_vars, shape, batch=batch, repeats=30)
-        fields["latency_final_ms"] = (latency_ms(final_linen, final_vars, shape, batch=batch, repeats=30)
-                                      if shrunk else fields["latency_dense_ms"])
+        fast = bool(run.config.get("latency_fast", False))
+        with fast_lowerings() if fast else contextlib.nullcontext():  # traced (compiled) inside
+            fields["latency_dense_ms"] = latency_ms(dense_model, dense_vars, shape, batch=batch,
+                                                    repeats=30)
+            fields["latency_final_ms"] = (latency_ms(final_linen, final_vars, shape, batch=batch,
+                                                     repeats=30) if shrunk else fields["latency_dense_ms"])
         fields["latency_batch"] = batch
+        fields["latency_lowering"] = "fast" if fast else "xla"
     return fields
+
 
 
 def result_fields(run: Any, out: MethodOutput) -> dict:

@@ -131,6 +131,8 @@ FIELDS: dict[str, FieldSpec] = {
     "shrink": F(bool, False, "prune", "physically remove the pruned units"),
     "mean_replacement": F(bool, False, "prune", "fold removed units' mean activation into the next bias"),
     "latency_batch": F(int, 256, "result", "batch size of the latency measurement (0: off)", low=0),
+    "latency_fast": F(bool, False, "result", "time both models under fast_convs() + fast_attention() "
+                      "(the kit's CPU lowerings for small convs, depthwise convs and attention)"),
     "quantize": F(str, "none", "quantize", "none | int8 | int4"),
     "qat_epochs": F(int, 0, "quantize", "pruning-preserving quantization-aware fine-tuning epochs", low=0),
     "precision": F(str, "f32", "run", "f32 | bf16 | f16 compute"),

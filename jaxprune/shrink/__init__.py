@@ -12,6 +12,7 @@ included. See ``docs/shrink.md``.
 from jaxprune.shrink.cost import flops, latency_ms, macs, param_bytes, param_count
 from jaxprune.shrink.fastattn import fast_attention, heads_first_attention, with_fast_attention
 from jaxprune.shrink.fastconv import conv_general_dilated, fast_convs, with_fast_convs
+from jaxprune.shrink.lowering import fast_lowerings
 from jaxprune.shrink.plans import Edge, Plan, plan_for
 from jaxprune.shrink.surgery import shrink, unit_means
 from jaxprune.shrink.units import removal_masks, unit_masks, unit_masks_from_scores
@@ -22,6 +23,7 @@ __all__ = [
     "conv_general_dilated",
     "fast_attention",
     "fast_convs",
+    "fast_lowerings",
     "flops",
     "heads_first_attention",
     "latency_ms",
