@@ -33,9 +33,7 @@ from jaxprune.models import MLP
 from jaxprune.models.mobilenet import MobileNetV2
 from jaxprune.models.resnet18 import ResNet18
 from jaxprune.models.vit import ViT
-from jaxprune.shrink import flops, latency_ms
-from jaxprune.shrink.fastattn import fast_attention
-from jaxprune.shrink.fastconv import fast_convs
+from jaxprune.shrink import fast_lowerings, flops, latency_ms
 from jaxprune.structure import prune_structured, trace_linen
 
 SHAPE = (28, 28, 1)
@@ -108,7 +106,7 @@ def model_case(name, batches, rounds, repeats, round_to=None, warmup=5):
         for _ in range(rounds):
             times["dense"].append(latency_ms(model, v, SHAPE, batch, repeats, warmup=warmup))
             times["shrunk"].append(latency_ms(small, sv, SHAPE, batch, repeats, warmup=warmup))
-            with fast_convs(), fast_attention():
+            with fast_lowerings():  # fast_convs() + fast_attention()
                 times["dense_fast"].append(latency_ms(model, v, SHAPE, batch, repeats, warmup=warmup))
                 times["shrunk_fast"].append(latency_ms(small, sv, SHAPE, batch, repeats, warmup=warmup))
         ms = {k: statistics.median(ts) for k, ts in times.items()}

@@ -1,7 +1,6 @@
 """jaxprune.shrink.lowering: fast_lowerings() swaps in both CPU lowerings and changes no output."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
