@@ -184,3 +184,16 @@ def test_mobilenet_under_fast_convs_is_unchanged_and_has_no_grouped_conv_left():
 def test_channel_mismatch_is_an_error():
     with pytest.raises(PruningError, match="channels"):
         shifted_conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 1, 4)), (1, 1), "SAME")
+
+
+def test_nnx_mobilenet_copy_computes_its_depthwise_convs_shifted():
+    from jaxprune.models.mobilenet import NnxMobileNetV2
+    m = NnxMobileNetV2(10, width=0.25, divisor=4, blocks=((1, 16, 1, 1), (6, 24, 2, 2)), last_channels=32,
+                       rngs=nnx.Rngs(0))
+    m.eval()
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 28, 28, 1))
+    fast = with_fast_convs(m)
+    np.testing.assert_allclose(np.asarray(fast(x)), np.asarray(m(x)), rtol=1e-4, atol=1e-5)
+    groups = re.findall(r"feature_group_count=(\d+)", str(jax.make_jaxpr(lambda x: fast(x))(x)))
+    assert all(g == "1" for g in groups)
+    assert any(g != "1" for g in re.findall(r"feature_group_count=(\d+)", str(jax.make_jaxpr(lambda x: m(x))(x))))
