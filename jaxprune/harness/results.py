@@ -63,7 +63,6 @@ def cost_fields(run: Any, out: MethodOutput) -> dict:
     return fields
 
 
-
 def result_fields(run: Any, out: MethodOutput) -> dict:
     """The ``result.json`` fields of an ``nn`` run whose method returned ``out``.
 

@@ -8,6 +8,8 @@ shrunk SmallCNN barely speeds up (``docs/shrink.md``). :func:`conv_general_dilat
 vectorised loop, and leaves every other conv to XLA. :func:`use_shifted` is the rule (from shapes
 only); :func:`fast_convs` makes every ``flax.linen.Conv`` of a model use it, :func:`with_fast_convs`
 does the same for an nnx module. Parameters are untouched, so shrunk params load unchanged.
+Depthwise convs (MobileNetV2's 3x3 layers) take the shifted form at any width: XLA:CPU runs them
+through its generic grouped-conv loop, 12-41x slower at batch 64 (``scripts/bench_depthwise.py``).
 
 Measured on the 2-core dev box (batch 256, conv + bias + ReLU + 2x2 average pool, median ms):
 1->8 at 28x28: XLA 24 ms, shifted 5.5 ms; 1->4: 20 vs 4.5; 3->16: 35 vs 7.3; 1->32: tie (XLA's own
@@ -60,7 +62,7 @@ def use_shifted(lhs_shape: Sequence[int], rhs_shape: Sequence[int], dimension_nu
     Yes for a channels-last (NHWC / HWIO) conv without input dilation that is either ungrouped with
     at most :data:`MAX_OUT_FEATURES` output channels and at most :data:`MAX_PIXEL_MACS` multiply-adds
     per output pixel (kernel taps x input channels x output channels), or depthwise
-    (:func:`is_depthwise`, any width: XLA:CPU's grouped conv is 20-50x slower there); no otherwise
+    (:func:`is_depthwise`, any width: XLA:CPU's grouped conv is 12-41x slower there); no otherwise
     (XLA's conv).
 
     Example:
