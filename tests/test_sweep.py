@@ -479,3 +479,13 @@ def test_cli_report_and_user_errors(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("error:") and message in err and "Traceback" not in err, err
+
+
+def test_a_field_added_later_keeps_the_old_keys_at_its_default():
+    from jaxprune.config import apply_overrides, load_config
+    from jaxprune.sweep.spec import KEY_OMITTED_AT_DEFAULT
+    base = load_config(SEED)
+    before = {k: v for k, v in config_dict(base).items() if k not in KEY_OMITTED_AT_DEFAULT}
+    assert run_key(base) == run_key(before)  # a directory recorded before the field still resumes
+    fast = apply_overrides(base, ["latency_fast=true"])
+    assert run_key(fast) != run_key(base) and config_dict(base)["latency_fast"] is False

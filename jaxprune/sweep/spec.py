@@ -30,11 +30,17 @@ from jaxprune.config import apply_overrides, call_user, coerce_value, import_fil
 from jaxprune.errors import ConfigError
 
 __all__ = ["Axis", "Sweep", "product", "zip_", "cases", "expand", "expand_all", "load_sweep",
-           "config_dict", "run_key", "KEY_EXCLUDED"]
+           "config_dict", "run_key", "KEY_EXCLUDED", "KEY_OMITTED_AT_DEFAULT"]
 
 KEY_EXCLUDED = ("progress", "dense_cache_dir")
 """Config fields that do not change a run's result and are left out of its key (and its record): a
 run restored from the dense cache is bit for bit the run that trained its own."""
+
+KEY_OMITTED_AT_DEFAULT = {"latency_fast": False}
+"""Config fields added after sweeps had been run, left out of a run's key while they hold this value
+(they are still in its record): keys recorded before the field existed stay valid, so an existing
+sweep directory resumes instead of running everything again, and a run that sets the field to
+anything else gets a key of its own."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,5 +272,10 @@ def run_key(config: ml_collections.ConfigDict | Mapping[str, Any]) -> str:
     >>> a = ml_collections.ConfigDict({'seed': 0, 'sparsity': 0.5, 'progress': True})
     >>> run_key(a) == run_key({'sparsity': 0.5, 'seed': 0}), len(run_key(a))
     (True, 12)
+    >>> off, on = run_key({'seed': 0, 'latency_fast': False}), run_key({'seed': 0, 'latency_fast': True})
+    >>> off == run_key({'seed': 0}) != on
+    True
     """
-    return hashlib.sha256(_canonical(config_dict(config)).encode()).hexdigest()[:12]
+    d = {k: v for k, v in config_dict(config).items()
+         if not (k in KEY_OMITTED_AT_DEFAULT and v == KEY_OMITTED_AT_DEFAULT[k])}
+    return hashlib.sha256(_canonical(d).encode()).hexdigest()[:12]
