@@ -140,11 +140,18 @@ _NORMS = {
 }
 
 
-def _normalise(units: jax.Array, how: Optional[str]) -> jax.Array:
+def _normalise(units: jax.Array, how: Optional[str], path: str) -> jax.Array:
+    """``units`` over their ``how`` statistic. An infinite statistic (inf scores) cannot rescale:
+    concrete, it raises; traced, the leaf stays unnormalised (its inf units then rank highest)
+    instead of turning inf / inf into NaN, which would be pruned first."""
     if how is None:
         return units
     n = _NORMS[how](units)
-    return units / jnp.where(n > 0, n, 1.0)
+    if is_concrete(n) and not bool(jnp.isfinite(n)):
+        raise PruningError(f"global_masks: scores leaf '{path}' has infinite unit scores, so "
+                           f"normalize={how!r} cannot rescale it; pass normalize=None or give it "
+                           "finite scores")
+    return units / jnp.where((n > 0) & jnp.isfinite(n), n, 1.0)
 
 
 def _resolve_normalize(normalize: Optional[str], structure: Structure) -> Optional[str]:
@@ -206,7 +213,7 @@ def global_masks(
         check_finite(leaf, path)
         if _is_output(structure, path, leaf):
             continue
-        units.append(_normalise(structure.units(path, jnp.asarray(leaf)), how))
+        units.append(_normalise(structure.units(path, jnp.asarray(leaf)), how, path))
         where.append(path)
     keeps = dict(zip(where, _global_keep(units, where, sparsity, _min_keep(structure))))
     out = [

@@ -326,3 +326,17 @@ def test_output_leaves_stay_dense_bool_and_do_not_stop_the_others():
     for m in (jp.topk_masks(sc, 0.5, structure=st), jp.global_masks(sc, 0.5, structure=st)):
         assert m["a"]["kernel"].dtype == jnp.bool_ and bool(np.asarray(m["a"]["kernel"]).all())
         assert _units_kept(m["b"]["kernel"]) == 2
+
+
+def test_normalised_global_selection_refuses_infinite_scores_and_never_prunes_them_traced():
+    """inf / inf would be NaN, ranked lowest: the most important units would go first."""
+    sc = {"a": {"kernel": jnp.array([[1.0, jnp.inf, 2.0]])}, "b": {"kernel": jnp.array([[3.0, 1.0, 2.0]])}}
+    st = jp.Neurons(outputs=())
+    with pytest.raises(jp.PruningError, match="scores leaf 'a/kernel' has infinite unit scores, so "
+                                              "normalize='mean' cannot rescale it"):
+        jp.global_masks(sc, 0.5, structure=st)
+    m = jax.jit(lambda s: jp.global_masks(s, 0.5, structure=st))(sc)
+    assert bool(m["a"]["kernel"][0, 1])  # the inf unit is kept
+    plain = jp.global_masks(sc, 0.5, structure=st, normalize=None)  # unnormalised, inf ranks highest
+    assert plain["a"]["kernel"][0].tolist() == [False, True, False]  # the tie at 2 goes in leaf order
+    assert plain["b"]["kernel"][0].tolist() == [True, False, True]
