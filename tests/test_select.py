@@ -340,3 +340,37 @@ def test_normalised_global_selection_refuses_infinite_scores_and_never_prunes_th
     plain = jp.global_masks(sc, 0.5, structure=st, normalize=None)  # unnormalised, inf ranks highest
     assert plain["a"]["kernel"][0].tolist() == [False, True, False]  # the tie at 2 goes in leaf order
     assert plain["b"]["kernel"][0].tolist() == [True, False, True]
+
+
+def test_a_scalar_sparsity_prunes_only_the_included_leaves():
+    sc = {"dense": {"kernel": jnp.arange(8.0).reshape(2, 4), "bias": jnp.arange(4.0)}}
+    m = jp.topk_masks(sc, 0.5)  # default include: kernels
+    assert _pruned(m["dense"]["kernel"]) == 4 and _pruned(m["dense"]["bias"]) == 0
+    m = jp.topk_masks(sc, 0.5, include="*bias")
+    assert _pruned(m["dense"]["kernel"]) == 0 and _pruned(m["dense"]["bias"]) == 2
+
+
+class PerPathAxis:
+    """A user's own structure: each leaf's units lie along the axis its path is mapped to."""
+
+    def __init__(self, axes):
+        self.axes = axes
+
+    def check(self, path, shape):
+        if path not in self.axes:
+            raise jp.PruningError(f"no axis for '{path}'")
+
+    def units(self, path, scores):
+        ax = self.axes[path]
+        return jnp.mean(scores, axis=tuple(i for i in range(scores.ndim) if i != ax))
+
+    def expand(self, path, shape, keep):
+        ax = self.axes[path]
+        return jnp.broadcast_to(keep.reshape([shape[i] if i == ax else 1 for i in range(len(shape))]), shape)
+
+
+def test_a_users_structure_gets_each_leafs_own_path():
+    sc = {"a": jnp.arange(8.0).reshape(2, 4), "b": jnp.arange(8.0).reshape(4, 2)}
+    m = jp.topk_masks(sc, {"a": 0.5, "b": 0.5}, structure=PerPathAxis({"a": 1, "b": 0}))
+    assert m["a"].tolist() == [[False, False, True, True]] * 2  # columns of 'a'
+    assert m["b"].tolist() == [[False, False], [False, False], [True, True], [True, True]]  # rows of 'b'
