@@ -3,10 +3,12 @@
 Pipeline: element masks (``topk_masks(..., structure=Neurons(outputs=...))``) or unit scores -> :func:`unit_masks`
 / :func:`unit_masks_from_scores` -> :func:`shrink` -> a smaller linen model and variables; measure
 with :func:`flops`, :func:`macs`, :func:`param_count`, :func:`param_bytes`, :func:`latency_ms`.
-Supported: every registered model with a shrink plan (the zoo: MLP, LeNet5, SmallCNN, ResNet20 with
-the inner conv of each block only). The cost measures take any linen model (full variables or bare
-params) or nnx module; ``macs`` counts every matmul of the traced forward, attention's QKᵀ and AV
-included. See ``docs/shrink.md``.
+:func:`shrink` follows a hand-written plan (MLP, LeNet5, SmallCNN, ResNet20 with the inner conv of
+each block only); any other model, yours included, is shrunk through its traced graph
+(``jaxprune.prune_structured``, ``docs/structure.md``). The cost measures take any linen model (full
+variables or bare params) or nnx module; ``macs`` counts every matmul of the traced forward,
+attention's QKᵀ and AV included. :func:`fast_lowerings` (:func:`fast_convs` + :func:`fast_attention`)
+serves a shrunk model faster on CPU. See ``docs/shrink.md``.
 """
 
 from jaxprune.shrink.cost import flops, latency_ms, macs, param_bytes, param_count
